@@ -1,0 +1,31 @@
+"""The ``pixelforge`` command line: one sub-command per job, each defined in the module that does the job."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> "module:function"; the function takes the argparse sub-parsers object and adds its parser, with
+# ``func`` set to a callable taking the parsed args and returning an exit code. Imported lazily so --help is fast.
+COMMANDS = {
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(prog="pixelforge", description="pixelforge: vision and generative models")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for target in COMMANDS.values():
+        module, func = target.split(":")
+        getattr(importlib.import_module(module), func)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

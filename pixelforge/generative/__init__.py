@@ -1,0 +1,1 @@
+"""Generative families (VAR, DiffScaler); importing this package registers them."""

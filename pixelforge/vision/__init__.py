@@ -1,0 +1,2 @@
+"""Vision families: one module per family; importing this package registers them all."""
+from . import cfsr  # noqa: F401

@@ -1,0 +1,87 @@
+"""Reading checkpoints from disk safely, and unwrapping the containers official repositories use."""
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+__all__ = ["CheckpointError", "read_checkpoint", "unwrap_state_dict", "WRAPPER_KEYS"]
+
+# Containers used by the official repositories, most preferred first (BasicSR: EMA weights over raw ones).
+WRAPPER_KEYS = ("params_ema", "params", "model_ema", "state_dict_ema", "model", "state_dict", "module", "icnn", "net")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or whose keys do not fit the model."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file without executing code.
+
+    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``.
+    A pickle that needs arbitrary classes is refused with a message naming the file.
+
+    Returns:
+        The raw object stored in the file (usually a dict of tensors, or a dict wrapping one).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it needs arbitrary Python objects to unpickle, and pixelforge only loads "
+            f"checkpoints with weights_only=True (a checkpoint never runs code). Re-save its state dict with "
+            f"torch.save(state_dict) from a trusted environment. ({str(exc).splitlines()[0]})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_state_dict(obj, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+    """Return the flat ``{name: tensor}`` state dict inside a checkpoint object.
+
+    Args:
+        obj: what :func:`read_checkpoint` returned, or a state dict.
+        wrapper: the top-level key holding the weights; when ``None`` the usual ones (:data:`WRAPPER_KEYS`)
+            are tried in order. A ``module.`` prefix (DataParallel/DDP) on every key is removed.
+    """
+    if wrapper is not None:
+        if not isinstance(obj, Mapping) or wrapper not in obj:
+            raise CheckpointError(f"checkpoint has no '{wrapper}' entry (top-level keys: {_some_keys(obj)})")
+        obj = obj[wrapper]
+    elif not _is_state_dict(obj) and isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"checkpoint holds no tensors (top-level keys: {_some_keys(obj)})")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _some_keys(obj, n: int = 8) -> str:
+    if not isinstance(obj, Mapping):
+        return type(obj).__name__
+    keys = list(obj.keys())
+    return ", ".join(map(str, keys[:n])) + (", ..." if len(keys) > n else "")
