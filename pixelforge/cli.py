@@ -8,6 +8,7 @@ import sys
 # command name -> "module:function"; the function takes the argparse sub-parsers object and adds its parser, with
 # ``func`` set to a callable taking the parsed args and returning an exit code. Imported lazily so --help is fast.
 COMMANDS = {
+    "train": "pixelforge.train.cli:add_train_parser",
 }
 
 

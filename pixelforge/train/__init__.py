@@ -1,0 +1,9 @@
+"""Training: one task class per kind of model, all run by the shared accelerate loop in :mod:`.loop`.
+
+``TASKS`` maps a config's ``task:`` to ``"module:Class"``; classes are imported lazily.
+"""
+TASKS = {
+    "sr": "pixelforge.train.sr:SRTask",
+}
+
+__all__ = ["TASKS"]
