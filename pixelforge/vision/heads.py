@@ -74,20 +74,25 @@ class UpsampleHead(nn.Module):
 class RestorationHead(nn.Module):
     """Features (B, C, H, W) → image (B, out_chans, H, W) = image + conv_last(features) (global residual).
 
-    Used for same-size restoration such as dereflection; ``upscale`` is 1.
+    Used for same-size restoration such as dereflection; ``upscale`` is 1. ``kernel_size`` of conv_last (3, or 1
+    as RRFormer's ``deconv3``) and an optional output activation ``act`` (``"relu"``: RRFormer) applied last.
     """
 
     upscale = 1
 
-    def __init__(self, in_features: int, out_chans: int = 3, residual: bool = True):
+    def __init__(self, in_features: int, out_chans: int = 3, residual: bool = True, kernel_size: int = 3,
+                 act: str | None = None):
         super().__init__()
-        self.residual = residual
-        self.conv_last = nn.Conv2d(in_features, out_chans, 3, 1, 1)
+        if act not in (None, "relu"):
+            raise ValueError(f"unknown restoration head activation '{act}'; choose None or 'relu'")
+        self.residual, self.act = residual, act
+        self.conv_last = nn.Conv2d(in_features, out_chans, kernel_size, 1, kernel_size // 2)
 
     def forward(self, feat: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """feat (B, C, H, W), image (B, out_chans, H, W) normalised input → (B, out_chans, H, W)."""
         out = self.conv_last(feat)
-        return out + image if self.residual else out
+        out = out + image if self.residual else out
+        return torch.relu(out) if self.act == "relu" else out
 
 
 IMAGE_HEADS = {"upsample": UpsampleHead, "restore": RestorationHead, "dereflect": RestorationHead}
@@ -98,5 +103,5 @@ def create_image_head(kind: str, in_features: int, out_chans: int = 3, **kwargs)
     if kind not in IMAGE_HEADS:
         raise ValueError(f"unknown image head '{kind}'; choose from {sorted(IMAGE_HEADS)}")
     if IMAGE_HEADS[kind] is RestorationHead:
-        kwargs = {k: v for k, v in kwargs.items() if k == "residual"}
+        kwargs = {k: v for k, v in kwargs.items() if k in ("residual", "kernel_size", "act")}
     return IMAGE_HEADS[kind](in_features, out_chans, **kwargs)
