@@ -1,3 +1,4 @@
 """Vision families: one module per family; importing this package registers them all."""
 from . import cfsr  # noqa: F401
 from . import rrformer  # noqa: F401
+from . import cct  # noqa: F401

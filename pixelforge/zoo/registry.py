@@ -64,13 +64,16 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
                 filter_fn: FilterFn | None = None, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg`` for local weights: build ``model_cls(**model_args, **kwargs)``, then load.
 
-    ``kwargs`` may hold ``weights`` (a path or state dict) and timm's own factory arguments (ignored).
+    ``kwargs`` may hold ``weights`` (a path or state dict) and timm's own factory arguments (ignored), and
+    ``features_only`` (with ``out_indices``): the model is wrapped in timm's ``FeatureGetterNet``.
     With ``pretrained`` and no ``weights``, the file named in the variant's pretrained config is resolved with
     :func:`~pixelforge.zoo.weights.resolve_weights`.
     """
     weights = kwargs.pop("weights", None)
     for key in _TIMM_KWARGS:
         kwargs.pop(key, None)
+    features_only = kwargs.pop("features_only", False)
+    feature_args = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
     model = model_cls(**{**model_args, **kwargs})
     if weights is None and pretrained:
         from timm.models import get_pretrained_cfg
@@ -81,4 +84,10 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
         weights = resolve_weights(cfg.file, variant)
     if weights is not None:
         load_weights(model, weights, filter_fn)
+    if features_only:  # timm.create_model(name, features_only=True): models that implement forward_intermediates
+        from timm.models._features import FeatureGetterNet
+
+        if feature_args.pop("feature_cls", "getter") != "getter":
+            raise ValueError(f"'{variant}' supports features_only through forward_intermediates (feature_cls='getter')")
+        model = FeatureGetterNet(model, out_indices=feature_args.get("out_indices", 4))
     return model
