@@ -1,4 +1,10 @@
-"""The two shared ops every model uses: windowed attention and the selective scan."""
-from .attention import attention
+"""The two shared ops every model uses: windowed attention and the selective scan.
 
-__all__ = ["attention"]
+Backends: ``auto`` (Triton for CUDA tensors when Triton works, PyTorch otherwise), ``torch``, ``triton``; chosen
+with :func:`use_backend` or the ``PIXELFORGE_KERNELS`` environment variable.
+"""
+from .attention import attention
+from .dispatch import get_backend, use_backend
+from .scan import selective_scan
+
+__all__ = ["attention", "selective_scan", "use_backend", "get_backend"]

@@ -1,0 +1,351 @@
+"""Selective scan (Mamba-1 S6), the one state-space scan of pixelforge: public op, PyTorch path, autograd glue.
+
+Semantics: specs/selective-scan.md (those of the official ``selective_scan_fn``, plus ``reverse``). The PyTorch
+path works in time-major buffers (time block, b, d, n) in float32 (float64 for float64 inputs):
+
+- the sequence is cut into time blocks of bounded size, walked in scan order while the state is carried from block
+  to block, so no (b, d, L, n) tensor is ever allocated and the working set stays in cache;
+- inside a block the recurrence h[t] = a[t]·h[t-1] + β[t] runs either step by step over wide rows or, when rows are
+  narrow (small b·d·n, where per-step overhead would dominate), as a two-level scan: a step loop inside chunks of
+  about √T positions, vectorised over the chunks, then a short carry loop over chunk ends and one fix-up
+  h[t] += (Π a)·h[chunk start]. Every product of a's lies in [0, 1]; no exp of a positive number and no division
+  is ever formed, so long sequences (S = Σ Δ·A ≪ -88) stay finite and accurate (spec § 2.5).
+- ``reverse`` runs the same loops right to left (index arithmetic, no flipped copies).
+- the backward (spec § 2.2) recomputes each block's states from the state saved at the block boundary, runs the
+  adjoint scan in the opposite direction, and reduces dA, dB, dC, dD, d delta_bias in float32. Nothing of size
+  b·d·L·n is saved between forward and backward.
+
+Unlike the official CUDA backward, a gradient flowing into ``last_state`` is propagated.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import resolve_backend
+
+__all__ = ["selective_scan"]
+
+# Elements (positions × b × d × n) of one work buffer; a time block holds at most this many.
+_BLOCK_ELEMS = 1 << 21
+# Rows (b × d × n) at least this wide are scanned position by position; narrower rows use the two-level scan.
+_STEP_ROW = 1 << 14
+
+
+def _cumprod_(m: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """Cumulative product along dim 1 of (K, T, N), left to right or right to left (inclusive)."""
+    if not reverse:
+        return torch.cumprod(m, 1)
+    p = m.clone()
+    for t in range(m.shape[1] - 2, -1, -1):
+        p[:, t].mul_(p[:, t + 1])
+    return p
+
+
+def _scan_(x: torch.Tensor, m: torch.Tensor, carry: torch.Tensor | None, reverse: bool) -> None:
+    """In-place first-order linear recurrence along dim 0 of x, m: (T, N).
+
+    Left to right: x[t] ← m[t]·x[t-1] + x[t] with x[-1] = carry; right to left: x[t] ← m[t]·x[t+1] + x[t] with
+    x[T] = carry (carry (N,) or None for zero).
+    """
+    T, N = x.shape
+    if carry is not None:
+        first = T - 1 if reverse else 0
+        x[first].addcmul_(m[first], carry)
+    chunk = T if N >= _STEP_ROW else max(2, math.isqrt(T))
+    K = T // chunk
+    if K < 2:
+        chunk, K = T, 1
+    # the chunked region sits where the scan starts; the remaining tail (< chunk positions) is stepped after it
+    lo = T - K * chunk if reverse else 0
+    xm = x[lo:lo + K * chunk].view(K, chunk, N)
+    mm = m[lo:lo + K * chunk].view(K, chunk, N)
+    if reverse:
+        for t in range(chunk - 2, -1, -1):
+            xm[:, t].addcmul_(mm[:, t], xm[:, t + 1])
+        if K > 1:
+            p = _cumprod_(mm[:-1], True)  # decay from each chunk's right end down to t, chunks 0..K-2
+            heads = xm[:, 0]
+            for k in range(K - 2, -1, -1):
+                heads[k].addcmul_(p[k, 0], heads[k + 1])
+            xm[:-1, 1:].addcmul_(p[:, 1:], xm[1:, :1])
+        for t in range(lo - 1, -1, -1):
+            x[t].addcmul_(m[t], x[t + 1])
+    else:
+        for t in range(1, chunk):
+            xm[:, t].addcmul_(mm[:, t], xm[:, t - 1])
+        if K > 1:
+            p = _cumprod_(mm[1:], False)  # decay from each chunk's left end up to t, chunks 1..K-1
+            tails = xm[:, chunk - 1]
+            for k in range(1, K):
+                tails[k].addcmul_(p[k - 1, chunk - 1], tails[k - 1])
+            xm[1:, :chunk - 1].addcmul_(p[:, :chunk - 1], xm[:-1, chunk - 1:])
+        for t in range(K * chunk, T):
+            x[t].addcmul_(m[t], x[t - 1])
+
+
+def _blocks(L: int, row: int, reverse: bool) -> list[tuple[int, int]]:
+    """Time blocks [t0, t1) covering [0, L), in scan order."""
+    size = max(1, min(L, _BLOCK_ELEMS // max(row, 1)))
+    blocks = [(t0, min(t0 + size, L)) for t0 in range(0, L, size)]
+    return blocks[::-1] if reverse else blocks
+
+
+class _Layout:
+    """The inputs of one call in time-major views and the compute dtype (float32, or float64 for float64 u)."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        self.dtype = torch.promote_types(u.dtype, torch.float32)
+        cd = self.dtype
+        self.b, self.d, self.L = u.shape
+        self.n = A.shape[1]
+        self.u = u.to(cd)
+        self.A = A.to(cd)
+        self.D = None if D is None else D.to(cd)
+        self.z = None if z is None else z.to(cd)
+        dt = delta.to(cd)
+        if delta_bias is not None:
+            dt = dt + delta_bias.to(cd)[:, None]
+        self.dt = dt
+        self.softplus = delta_softplus
+        self.delta = F.softplus(dt) if delta_softplus else dt  # softplus threshold 20, β = 1 (torch's default)
+        self.du = self.delta * self.u
+        self.B = self._bc(B)
+        self.C = self._bc(C)
+        self.delta_t = self.delta.permute(2, 0, 1)  # (L, b, d) views
+        self.du_t = self.du.permute(2, 0, 1)
+
+    def _bc(self, M: torch.Tensor) -> torch.Tensor:
+        """Fixed (d, n) stays; variable (b, n, L) / (b, g, n, L) becomes a (L, b, g, n) view."""
+        M = M.to(self.dtype)
+        if M.dim() == 2:
+            return M
+        if M.dim() == 3:
+            M = M.unsqueeze(1)
+        return M.permute(3, 0, 1, 2)
+
+    def decay(self, t0: int, t1: int) -> torch.Tensor:
+        """a = exp(Δ·A) for positions [t0, t1) clipped to [0, L); positions outside get a = 1. (T, b, d, n)."""
+        a = torch.ones(t1 - t0, self.b, self.d, self.n, dtype=self.dtype, device=self.u.device)
+        s0, s1 = max(t0, 0), min(t1, self.L)
+        torch.mul(self.delta_t[s0:s1].unsqueeze(-1), self.A, out=a[s0 - t0:s1 - t0])
+        a[s0 - t0:s1 - t0].exp_()
+        return a
+
+    def expand(self, w: torch.Tensor, M: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """w[t, b, c]·M[.., g(c), n] for positions [t0, t1): (T, b, d, n) from w (T, b, d)."""
+        out = torch.empty(t1 - t0, self.b, self.d, self.n, dtype=self.dtype, device=w.device)
+        if M.dim() == 2:
+            return torch.mul(w.unsqueeze(-1), M, out=out)
+        g = M.shape[2]
+        torch.mul(w.unflatten(2, (g, self.d // g)).unsqueeze(-1), M[t0:t1].unsqueeze(3),
+                  out=out.view(t1 - t0, self.b, g, self.d // g, self.n))
+        return out
+
+    def contract(self, h: torch.Tensor, M: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """Σ_n h[t, b, c, n]·M[.., g(c), n] for positions [t0, t1): (T, b, d) from h (T, b, d, n)."""
+        if M.dim() == 2:
+            return torch.linalg.vecdot(h, M)
+        g = M.shape[2]
+        T = t1 - t0
+        y = torch.matmul(h.view(T, self.b, g, self.d // g, self.n), M[t0:t1].unsqueeze(-1))
+        return y.view(T, self.b, self.d)
+
+    def reduce_bc(self, h: torch.Tensor, w: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        """Gradient of M from Σ_n h·M weighted by w (T, b, d): (T, b, g, n) for variable M, (d, n) for fixed M."""
+        if M.dim() == 2:
+            return torch.einsum("tbdn,tbd->dn", h, w)
+        g = M.shape[2]
+        T = h.shape[0]
+        hg = h.view(T, self.b, g, self.d // g, self.n).transpose(-1, -2)
+        return torch.matmul(hg, w.unflatten(2, (g, self.d // g)).unsqueeze(-1)).squeeze(-1)
+
+
+def _forward(lay: _Layout, reverse: bool, keep_states: bool):
+    """Ungated output o = y + D·u (b, d, L), last state (b, d, n), and the states entering each block."""
+    b, d, L, n = lay.b, lay.d, lay.L, lay.n
+    y_t = torch.empty(L, b, d, dtype=lay.dtype, device=lay.u.device)
+    carry = None
+    states = []
+    for t0, t1 in _blocks(L, b * d * n, reverse):
+        if keep_states:
+            states.append(carry)
+        a = lay.decay(t0, t1)
+        h = lay.expand(lay.du_t[t0:t1], lay.B, t0, t1)
+        _scan_(h.view(t1 - t0, -1), a.view(t1 - t0, -1), None if carry is None else carry.view(-1), reverse)
+        carry = h[0 if reverse else -1].clone()
+        y_t[t0:t1] = lay.contract(h, lay.C, t0, t1)
+    o = y_t.permute(1, 2, 0)
+    o = o + lay.u * lay.D[:, None] if lay.D is not None else o.contiguous()
+    return o, carry, states
+
+
+def _gate(o: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    return o if z is None else o * F.silu(z)
+
+
+def _backward(lay: _Layout, reverse: bool, states, o: torch.Tensor, grad_out: torch.Tensor,
+              grad_last: torch.Tensor | None):
+    """Gradients (u, delta, A, B, C, D, z, delta_bias) in the compute dtype (spec § 2.2)."""
+    b, d, L, n = lay.b, lay.d, lay.L, lay.n
+    cd, dev = lay.dtype, lay.u.device
+    G = grad_out.to(cd)
+    if lay.z is not None:
+        sz = torch.sigmoid(lay.z)
+        dz = G * o * sz * (1 + lay.z * (1 - sz))
+        dO = G * lay.z * sz
+    else:
+        dz = None
+        dO = G
+    dO_t = dO.permute(2, 0, 1)
+    du_t = torch.empty(L, b, d, dtype=cd, device=dev)
+    ddelta_t = torch.empty(L, b, d, dtype=cd, device=dev)
+    dA = torch.zeros_like(lay.A)
+    dB = torch.zeros_like(lay.B) if lay.B.dim() == 2 else torch.empty(lay.B.shape, dtype=cd, device=dev)
+    dC = torch.zeros_like(lay.C) if lay.C.dim() == 2 else torch.empty(lay.C.shape, dtype=cd, device=dev)
+    # adjoint carry: g at the position just past the block in adjoint order (the block's neighbour processed
+    # before it); the last state's gradient enters at the last scanned position
+    carry = None
+    blocks = _blocks(L, b * d * n, reverse)
+    for (t0, t1), h_in in zip(blocks[::-1], states[::-1]):
+        T = t1 - t0
+        # decays over the block plus one position on the side the adjoint comes from
+        lo, hi = (t0 - 1, t1) if reverse else (t0, t1 + 1)
+        a_ext = lay.decay(lo, hi)
+        a, a_next = (a_ext[1:], a_ext[:-1]) if reverse else (a_ext[:-1], a_ext[1:])
+        h = lay.expand(lay.du_t[t0:t1], lay.B, t0, t1)
+        _scan_(h.view(T, -1), a.view(T, -1), None if h_in is None else h_in.view(-1), reverse)
+        g = lay.expand(dO_t[t0:t1], lay.C, t0, t1)
+        if carry is None and grad_last is not None:
+            g[0 if reverse else -1] += grad_last.to(cd)
+        _scan_(g.view(T, -1), a_next.view(T, -1), None if carry is None else carry.view(-1), not reverse)
+        edge = -1 if reverse else 0
+        carry = g[edge].clone()
+        # dC, dB
+        if lay.C.dim() == 2:
+            dC += lay.reduce_bc(h, dO_t[t0:t1], lay.C)
+        else:
+            dC[t0:t1] = lay.reduce_bc(h, dO_t[t0:t1], lay.C)
+        if lay.B.dim() == 2:
+            dB += lay.reduce_bc(g, lay.du_t[t0:t1], lay.B)
+        else:
+            dB[t0:t1] = lay.reduce_bc(g, lay.du_t[t0:t1], lay.B)
+        gB = lay.contract(g, lay.B, t0, t1)  # Σ_n g·B  (T, b, d)
+        # q = g·a·h[t-1] (h[t+1] when reverse), in a's memory
+        if reverse:
+            a[:-1].mul_(h[1:])
+        else:
+            a[1:].mul_(h[:-1])
+        if h_in is None:
+            a[edge].zero_()
+        else:
+            a[edge].mul_(h_in)
+        q = a.mul_(g)
+        dA += torch.einsum("tbdn,tbd->dn", q, lay.delta_t[t0:t1])
+        ddelta_t[t0:t1] = gB * lay.u.permute(2, 0, 1)[t0:t1] + torch.linalg.vecdot(q, lay.A)
+        du_t[t0:t1] = gB * lay.delta_t[t0:t1]
+    du = du_t.permute(1, 2, 0)
+    if lay.D is not None:
+        du = du + dO * lay.D[:, None]
+        dD = (dO * lay.u).sum((0, 2))
+    else:
+        du = du.contiguous()
+        dD = None
+    ddt = ddelta_t.permute(1, 2, 0)
+    if lay.softplus:
+        ddt = ddt * torch.where(lay.dt <= 20, torch.sigmoid(lay.dt), torch.ones_like(lay.dt))
+    else:
+        ddt = ddt.contiguous()
+    ddb = ddt.sum((0, 2))
+    if lay.B.dim() != 2:
+        dB = dB.permute(1, 2, 3, 0)
+    if lay.C.dim() != 2:
+        dC = dC.permute(1, 2, 3, 0)
+    return du, ddt, dA, dB, dC, dD, dz, ddb
+
+
+class _SelectiveScanTorch(torch.autograd.Function):
+    """Autograd glue of the PyTorch path (inputs: see :func:`selective_scan`)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        lay = _Layout(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        needs_grad = any(ctx.needs_input_grad[:8])
+        o, last, states = _forward(lay, reverse, keep_states=needs_grad)
+        out = _gate(o, lay.z).to(u.dtype)
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, o, *[s for s in states if s is not None])
+            ctx.flags = (delta_softplus, reverse, [s is None for s in states])
+        return out, last
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        u, delta, A, B, C, D, z, delta_bias, o, *saved = ctx.saved_tensors
+        delta_softplus, reverse, empty = ctx.flags
+        it = iter(saved)
+        states = [None if e else next(it) for e in empty]
+        lay = _Layout(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if grad_out is None:
+            grad_out = torch.zeros_like(o)
+        grads = _backward(lay, reverse, states, o, grad_out, grad_last)
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        return (*[None if (gr is None or x is None or not need) else gr.reshape(x.shape).to(x.dtype)
+                  for gr, x, need in zip(grads, inputs, ctx.needs_input_grad)], None, None)
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
+    b, d, L = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)}")
+    if A.is_complex():
+        raise NotImplementedError("selective_scan: complex A is not supported (real A only)")
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"selective_scan: A must be (dim={d}, dstate), got shape {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok = (M.dim() == 2 and tuple(M.shape) == (d, n)) or (M.dim() == 3 and tuple(M.shape) == (b, n, L)) or (
+            M.dim() == 4 and M.shape[0] == b and M.shape[1] > 0 and d % M.shape[1] == 0
+            and tuple(M.shape[2:]) == (n, L))
+        if not ok:
+            raise ValueError(f"selective_scan: {name} must be ({d}, {n}), ({b}, {n}, {L}) or ({b}, groups dividing "
+                             f"{d}, {n}, {L}); got shape {tuple(M.shape)}")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (d,):
+            raise ValueError(f"selective_scan: {name} must be ({d},), got shape {tuple(v.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}")
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                   delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False, reverse: bool = False):
+    """Mamba-1 selective scan (specs/selective-scan.md).
+
+    Δ = softplus(delta + delta_bias) (or without softplus), h[t] = exp(Δ[t]·A)·h[t-1] + Δ[t]·B[t]·u[t],
+    y[t] = C[t]·h[t] + D·u[t], out = y·silu(z). ``reverse=True`` scans right to left (h[t] from h[t+1]).
+
+    Args:
+        u, delta: (b, d, L), float32/float16/bfloat16 (float64 computes in float64).
+        A: (d, n) real.
+        B, C: (d, n) time-invariant, (b, n, L), or (b, g, n, L) with channel c using group c // (d / g).
+        D, delta_bias: (d,); z: (b, d, L); all optional.
+        delta_softplus: apply softplus (threshold 20) to delta + delta_bias.
+        return_last_state: also return the state after the last scanned position.
+        reverse: scan from position L-1 down to 0.
+    Returns:
+        out (b, d, L) in u's dtype, and with ``return_last_state`` the last state (b, d, n) in float32
+        (float64 for float64 u). States and sums are computed in float32 whatever the input dtype.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if resolve_backend(u) == "triton":
+        from .triton.scan import selective_scan_triton
+
+        out, last = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    else:
+        out, last = _SelectiveScanTorch.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return (out, last) if return_last_state else out
