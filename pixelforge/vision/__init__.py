@@ -3,3 +3,4 @@ from . import cfsr  # noqa: F401
 from . import rrformer  # noqa: F401
 from . import cct  # noqa: F401
 from . import dereflect  # noqa: F401
+from . import sret  # noqa: F401
