@@ -4,3 +4,5 @@ from . import rrformer  # noqa: F401
 from . import cct  # noqa: F401
 from . import dereflect  # noqa: F401
 from . import sret  # noqa: F401
+from . import hat  # noqa: F401
+from . import craft  # noqa: F401
