@@ -20,10 +20,10 @@ __all__ = ["filter_logits_", "sample", "VARSample", "check_pair"]
 def filter_logits_(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
     """Top-k then top-p (nucleus) masking to -inf along the last dim, in place; returns ``logits``.
 
-    top-k keeps every value >= the k-th largest (ties kept). top-p sorts ascending and removes the positions whose
-    cumulative probability is <= 1 - p, never the largest one.
+    top-k keeps every value >= the k-th largest (ties kept; k >= V keeps everything). top-p sorts ascending and
+    removes the positions whose cumulative probability is <= 1 - p, never the largest one.
     """
-    if top_k > 0:
+    if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
         logits.masked_fill_(logits < kth, -torch.inf)
     if top_p > 0:
