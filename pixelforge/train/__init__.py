@@ -4,6 +4,7 @@
 """
 TASKS = {
     "sr": "pixelforge.train.sr:SRTask",
+    "cls": "pixelforge.train.cls:ClassificationTask",
 }
 
 __all__ = ["TASKS"]

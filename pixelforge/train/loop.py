@@ -240,8 +240,9 @@ def train(cfg: dict) -> Path:
         epoch, skip = divmod(counter.step, n_batches)
         batches = _epoch_batches(len(train_ds), batch_size, seed, epoch, accelerator.process_index,
                                  accelerator.num_processes)[skip:]
+        # own generator: creating the iterator must not draw from the global RNG (a resumed run would be shifted)
         loader = DataLoader(seeded, batch_sampler=batches, num_workers=num_workers, collate_fn=task.collate_fn,
-                            persistent_workers=False)
+                            persistent_workers=False, generator=torch.Generator().manual_seed(seed + epoch))
         for batch in loader:
             batch = send_to_device(batch, accelerator.device)
             with accelerator.autocast():

@@ -1,0 +1,109 @@
+"""Image classification datasets: ImageFolder trees, optionally shipped as a .tar.gz archive unpacked once.
+
+An ImageFolder tree is ``root/<class name>/<image file>``; classes are the sorted sub-folder names. Images are read
+with :mod:`pixelforge.data.image_io` (3 channels) and handed to the transform as 8-bit RGB PIL images (what timm's
+transforms expect). ``preload`` decodes every image once into memory, which makes epochs over small images (CIFAR)
+cheap.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..zoo import pixelforge_home
+from .image_io import IMAGE_SUFFIXES, quantize, read_image
+
+__all__ = ["ImageFolderDataset", "folder_classes", "unpack_archive"]
+
+
+def folder_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted class names (sub-folders, hidden ones excluded) of an ImageFolder tree.
+
+    Raises:
+        FileNotFoundError / ValueError naming the folder when it is missing or has no class sub-folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"dataset folder {root} has no class sub-folders (expected root/<class>/<images>)")
+    return classes
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<class>/<image>`` → (transform(PIL RGB image), class index).
+
+    Args:
+        root: the tree's root folder.
+        transform: applied to the 8-bit RGB PIL image (None: the PIL image itself is returned).
+        classes: class names fixing the label order (default: :func:`folder_classes` of ``root``); a class
+            sub-folder not in the list is an error.
+        preload: decode every image once, at construction, and keep the uint8 pixels in memory.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, classes: list[str] | None = None,
+                 preload: bool = False):
+        self.root = Path(root)
+        found = folder_classes(self.root)
+        self.classes = list(classes) if classes is not None else found
+        unknown = sorted(set(found) - set(self.classes))
+        if unknown:
+            raise ValueError(f"{self.root} has class folders not in the class list: {', '.join(unknown)}")
+        self.samples: list[tuple[Path, int]] = []
+        for label, name in enumerate(self.classes):
+            folder = self.root / name
+            if folder.is_dir():
+                self.samples += [(p, label) for p in sorted(folder.iterdir())
+                                 if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+        if not self.samples:
+            raise ValueError(f"dataset folder {self.root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+        self._pixels = [self._decode(p) for p, _ in self.samples] if preload else None
+
+    @staticmethod
+    def _decode(path: Path) -> np.ndarray:
+        return quantize(read_image(path, channels=3).pixels)  # exact round trip of 8-bit files
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        """(transformed image, class index)."""
+        arr = self._pixels[index] if self._pixels is not None else self._decode(self.samples[index][0])
+        img = Image.fromarray(arr)
+        return (self.transform(img) if self.transform is not None else img), self.targets[index]
+
+
+def unpack_archive(archive: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Unpack a .tar(.gz) dataset archive once and return the folder holding its contents.
+
+    The folder is ``cache_dir`` or ``$PIXELFORGE_HOME/datasets/<archive name>``; a ``.complete`` marker records a
+    finished unpack, so later calls (and concurrent processes, serialised by a file lock) reuse it.
+    """
+    archive = Path(archive)
+    if not archive.is_file():
+        raise FileNotFoundError(f"dataset archive not found: {archive}")
+    name = archive.name.split(".tar")[0]
+    dest = Path(cache_dir) if cache_dir is not None else pixelforge_home() / "datasets" / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / ".complete").is_file():
+            tmp = dest.with_name(f".{dest.name}.unpacking")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+            (dest / ".complete").write_text(str(archive.resolve()))
+    return dest
