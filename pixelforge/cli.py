@@ -9,6 +9,7 @@ import sys
 # ``func`` set to a callable taking the parsed args and returning an exit code. Imported lazily so --help is fast.
 COMMANDS = {
     "train": "pixelforge.train.cli:add_train_parser",
+    "dereflect": "pixelforge.infer.dereflect:add_dereflect_parser",
     "generate": "pixelforge.generative.cli:add_generate_parser",
 }
 

@@ -201,20 +201,21 @@ class SyntheticReflectionPairs(Dataset):
             training loop seeds per item); an int for a fixed set: item i uses transmission file i mod n, and a
             generator seeded by (seed, i) for everything else, so the pairs are the same in every run.
         augment: random horizontal flips of T and R.
+        quantize: round the blend to 8 bits, as a mixture read from an image file would be.
     Images are decoded once and kept in memory as uint8.
     Items: (blend, transmission), each (3, crop, crop) float32 in [0, 1].
     """
 
     def __init__(self, transmission_files: Sequence[str | os.PathLike], reflection_files=None, crop_size: int = 128,
                  length: int | None = None, synthesis: ReflectionSynthesis | None = None, seed: int | None = None,
-                 augment: bool = True):
+                 augment: bool = True, quantize: bool = True):
         if not transmission_files:
             raise ValueError("no transmission images given")
         self.t_files = [Path(p) for p in transmission_files]
         self.r_files = [Path(p) for p in reflection_files] if reflection_files else self.t_files
         if len(self.r_files) < 2 and self.r_files == self.t_files:
             raise ValueError("need at least two images to pair a transmission with a different reflection")
-        self.crop, self.seed, self.augment = int(crop_size), seed, augment
+        self.crop, self.seed, self.augment, self.quantize = int(crop_size), seed, augment, quantize
         self.length = int(length) if length is not None else len(self.t_files)
         self.synthesis = synthesis or ReflectionSynthesis()
         cache = {p: _load_rgb_uint8(p) for p in dict.fromkeys(self.t_files + self.r_files)}
@@ -247,6 +248,8 @@ class SyntheticReflectionPairs(Dataset):
             if torch.rand((), generator=gen) < 0.5:
                 r = r.flip(-1)
         blend, target, _ = self.synthesis(t.float() / 255, r.float() / 255, gen)
+        if self.quantize:
+            blend = (blend * 255).round() / 255
         return blend, target
 
 

@@ -4,6 +4,7 @@
 """
 TASKS = {
     "sr": "pixelforge.train.sr:SRTask",
+    "dereflect": "pixelforge.train.dereflect:DereflectTask",
     "cls": "pixelforge.train.cls:ClassificationTask",
 }
 
