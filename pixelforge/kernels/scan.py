@@ -28,45 +28,39 @@ from .dispatch import resolve_backend
 
 __all__ = ["selective_scan"]
 
-# Elements (positions × b × d × n) of one work buffer; a time block holds at most this many.
-_BLOCK_ELEMS = 1 << 21
-# Rows (b × d × n) at least this wide are scanned position by position; narrower rows use the two-level scan.
+# Elements (positions × b × n × d) of one work buffer; a time block holds at most this many.
+_BLOCK_ELEMS = 1 << 20
+# Rows (b × n × d) at least this wide are scanned position by position; narrower ones use the two-level scan.
 _STEP_ROW = 1 << 14
 
 
-def _cumprod_(m: torch.Tensor, reverse: bool) -> torch.Tensor:
-    """Cumulative product along dim 1 of (K, T, N), left to right or right to left (inclusive)."""
-    if not reverse:
-        return torch.cumprod(m, 1)
-    p = m.clone()
-    for t in range(m.shape[1] - 2, -1, -1):
-        p[:, t].mul_(p[:, t + 1])
-    return p
-
-
-def _scan_(x: torch.Tensor, m: torch.Tensor, carry: torch.Tensor | None, reverse: bool) -> None:
-    """In-place first-order linear recurrence along dim 0 of x, m: (T, N).
+def _scan_(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, A: torch.Tensor, carry: torch.Tensor | None,
+           reverse: bool) -> None:
+    """In-place first-order linear recurrence along dim 0 of x, m: (T, b, n, d), where m = exp(w ⊗ A).
 
     Left to right: x[t] ← m[t]·x[t-1] + x[t] with x[-1] = carry; right to left: x[t] ← m[t]·x[t+1] + x[t] with
-    x[T] = carry (carry (N,) or None for zero).
+    x[T] = carry (carry (b, n, d) or None for zero). w: (T, b, d) and A: (n, d) give the chunk decays
+    Π m = exp((Σ w) ⊗ A) from chunk-local sums (never from long cumulative sums, spec § 2.5).
     """
-    T, N = x.shape
+    T = x.shape[0]
     if carry is not None:
         first = T - 1 if reverse else 0
         x[first].addcmul_(m[first], carry)
-    chunk = T if N >= _STEP_ROW else max(2, math.isqrt(T))
+    chunk = T if x[0].numel() >= _STEP_ROW else max(2, math.isqrt(T))
     K = T // chunk
     if K < 2:
         chunk, K = T, 1
     # the chunked region sits where the scan starts; the remaining tail (< chunk positions) is stepped after it
     lo = T - K * chunk if reverse else 0
-    xm = x[lo:lo + K * chunk].view(K, chunk, N)
-    mm = m[lo:lo + K * chunk].view(K, chunk, N)
+    xm = x[lo:lo + K * chunk].unflatten(0, (K, chunk))
+    mm = m[lo:lo + K * chunk].unflatten(0, (K, chunk))
     if reverse:
         for t in range(chunk - 2, -1, -1):
             xm[:, t].addcmul_(mm[:, t], xm[:, t + 1])
         if K > 1:
-            p = _cumprod_(mm[:-1], True)  # decay from each chunk's right end down to t, chunks 0..K-2
+            # decay from each chunk's right end down to t, chunks 0..K-2
+            sw = w[lo:lo + (K - 1) * chunk].unflatten(0, (K - 1, chunk)).flip(1).cumsum(1).flip(1)
+            p = torch.mul(sw.unsqueeze(-2), A).exp_()
             heads = xm[:, 0]
             for k in range(K - 2, -1, -1):
                 heads[k].addcmul_(p[k, 0], heads[k + 1])
@@ -77,7 +71,9 @@ def _scan_(x: torch.Tensor, m: torch.Tensor, carry: torch.Tensor | None, reverse
         for t in range(1, chunk):
             xm[:, t].addcmul_(mm[:, t], xm[:, t - 1])
         if K > 1:
-            p = _cumprod_(mm[1:], False)  # decay from each chunk's left end up to t, chunks 1..K-1
+            # decay from each chunk's left end up to t, chunks 1..K-1
+            sw = w[chunk:K * chunk].unflatten(0, (K - 1, chunk)).cumsum(1)
+            p = torch.mul(sw.unsqueeze(-2), A).exp_()
             tails = xm[:, chunk - 1]
             for k in range(1, K):
                 tails[k].addcmul_(p[k - 1, chunk - 1], tails[k - 1])
@@ -94,15 +90,15 @@ def _blocks(L: int, row: int, reverse: bool) -> list[tuple[int, int]]:
 
 
 class _Layout:
-    """The inputs of one call in time-major views and the compute dtype (float32, or float64 for float64 u)."""
+    """One call's inputs in time-major (L, b, d) / (L, b, g, n) / (n, d) form, in the compute dtype (float32, or
+    float64 for float64 u). Work buffers are (T, b, n, d): d innermost, so every elementwise op runs along d."""
 
     def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        self.dtype = torch.promote_types(u.dtype, torch.float32)
-        cd = self.dtype
+        self.dtype = cd = torch.promote_types(u.dtype, torch.float32)
         self.b, self.d, self.L = u.shape
         self.n = A.shape[1]
         self.u = u.to(cd)
-        self.A = A.to(cd)
+        self.A_nd = A.to(cd).t().contiguous()
         self.D = None if D is None else D.to(cd)
         self.z = None if z is None else z.to(cd)
         dt = delta.to(cd)
@@ -110,61 +106,70 @@ class _Layout:
             dt = dt + delta_bias.to(cd)[:, None]
         self.dt = dt
         self.softplus = delta_softplus
-        self.delta = F.softplus(dt) if delta_softplus else dt  # softplus threshold 20, β = 1 (torch's default)
-        self.du = self.delta * self.u
+        delta = F.softplus(dt) if delta_softplus else dt  # softplus threshold 20, β = 1 (torch's default)
+        self.delta_t = delta.permute(2, 0, 1).contiguous()
+        self.u_t = self.u.permute(2, 0, 1).contiguous()
+        self.du_t = self.delta_t * self.u_t
         self.B = self._bc(B)
         self.C = self._bc(C)
-        self.delta_t = self.delta.permute(2, 0, 1)  # (L, b, d) views
-        self.du_t = self.du.permute(2, 0, 1)
 
     def _bc(self, M: torch.Tensor) -> torch.Tensor:
-        """Fixed (d, n) stays; variable (b, n, L) / (b, g, n, L) becomes a (L, b, g, n) view."""
+        """Fixed (d, n) becomes (n, d); variable (b, n, L) / (b, g, n, L) becomes (L, b, g, n)."""
         M = M.to(self.dtype)
         if M.dim() == 2:
-            return M
+            return M.t().contiguous()
         if M.dim() == 3:
             M = M.unsqueeze(1)
-        return M.permute(3, 0, 1, 2)
+        return M.permute(3, 0, 1, 2).contiguous()
 
-    def decay(self, t0: int, t1: int) -> torch.Tensor:
-        """a = exp(Δ·A) for positions [t0, t1) clipped to [0, L); positions outside get a = 1. (T, b, d, n)."""
-        a = torch.ones(t1 - t0, self.b, self.d, self.n, dtype=self.dtype, device=self.u.device)
-        s0, s1 = max(t0, 0), min(t1, self.L)
-        torch.mul(self.delta_t[s0:s1].unsqueeze(-1), self.A, out=a[s0 - t0:s1 - t0])
-        a[s0 - t0:s1 - t0].exp_()
-        return a
+    def _empty(self, T: int) -> torch.Tensor:
+        return torch.empty(T, self.b, self.n, self.d, dtype=self.dtype, device=self.u.device)
+
+    def steps(self, t0: int, t1: int) -> torch.Tensor:
+        """Δ at positions [t0, t1), zero outside [0, L) (identity steps): (T, b, d)."""
+        if 0 <= t0 and t1 <= self.L:
+            return self.delta_t[t0:t1]
+        w = self.delta_t.new_zeros(t1 - t0, self.b, self.d)
+        w[max(t0, 0) - t0:min(t1, self.L) - t0] = self.delta_t[max(t0, 0):min(t1, self.L)]
+        return w
+
+    def decay(self, w: torch.Tensor) -> torch.Tensor:
+        """a = exp(w ⊗ A): (T, b, n, d) from steps w (T, b, d)."""
+        return torch.mul(w.unsqueeze(-2), self.A_nd, out=self._empty(w.shape[0])).exp_()
 
     def expand(self, w: torch.Tensor, M: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
-        """w[t, b, c]·M[.., g(c), n] for positions [t0, t1): (T, b, d, n) from w (T, b, d)."""
-        out = torch.empty(t1 - t0, self.b, self.d, self.n, dtype=self.dtype, device=w.device)
+        """w[t, b, c]·M[.., g(c), n] for positions [t0, t1): (T, b, n, d) from w (T, b, d)."""
+        out = self._empty(t1 - t0)
         if M.dim() == 2:
-            return torch.mul(w.unsqueeze(-1), M, out=out)
+            return torch.mul(w.unsqueeze(-2), M, out=out)
         g = M.shape[2]
-        torch.mul(w.unflatten(2, (g, self.d // g)).unsqueeze(-1), M[t0:t1].unsqueeze(3),
-                  out=out.view(t1 - t0, self.b, g, self.d // g, self.n))
+        torch.mul(w.unflatten(2, (g, self.d // g)).unsqueeze(2), M[t0:t1].transpose(2, 3).unsqueeze(-1),
+                  out=out.unflatten(3, (g, self.d // g)))
         return out
 
     def contract(self, h: torch.Tensor, M: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
-        """Σ_n h[t, b, c, n]·M[.., g(c), n] for positions [t0, t1): (T, b, d) from h (T, b, d, n)."""
+        """Σ_n h[t, b, n, c]·M[.., g(c), n] for positions [t0, t1): (T, b, d) from h (T, b, n, d)."""
         if M.dim() == 2:
-            return torch.linalg.vecdot(h, M)
+            return torch.linalg.vecdot(h, M, dim=2)
         g = M.shape[2]
-        T = t1 - t0
-        y = torch.matmul(h.view(T, self.b, g, self.d // g, self.n), M[t0:t1].unsqueeze(-1))
-        return y.view(T, self.b, self.d)
+        if g == 1:
+            return torch.matmul(M[t0:t1], h).squeeze(2)
+        hg = h.unflatten(3, (g, self.d // g))
+        return torch.linalg.vecdot(hg, M[t0:t1].transpose(2, 3).unsqueeze(-1), dim=2).flatten(2)
 
     def reduce_bc(self, h: torch.Tensor, w: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        """Gradient of M from Σ_n h·M weighted by w (T, b, d): (T, b, g, n) for variable M, (d, n) for fixed M."""
+        """Gradient of M from Σ_n h·M weighted by w (T, b, d): (T, b, g, n) for variable M, (n, d) for fixed M."""
         if M.dim() == 2:
-            return torch.einsum("tbdn,tbd->dn", h, w)
+            return (h * w.unsqueeze(2)).sum((0, 1))
         g = M.shape[2]
-        T = h.shape[0]
-        hg = h.view(T, self.b, g, self.d // g, self.n).transpose(-1, -2)
-        return torch.matmul(hg, w.unflatten(2, (g, self.d // g)).unsqueeze(-1)).squeeze(-1)
+        if g == 1:
+            return torch.matmul(h, w.unsqueeze(-1)).transpose(2, 3)
+        hg = h.unflatten(3, (g, self.d // g))
+        return torch.linalg.vecdot(hg, w.unflatten(2, (g, self.d // g)).unsqueeze(2), dim=-1).transpose(2, 3)
 
 
 def _forward(lay: _Layout, reverse: bool, keep_states: bool):
-    """Ungated output o = y + D·u (b, d, L), last state (b, d, n), and the states entering each block."""
+    """Ungated output o = y + D·u (b, d, L), last state (b, n, d), and the states entering each block (b, n, d)."""
     b, d, L, n = lay.b, lay.d, lay.L, lay.n
     y_t = torch.empty(L, b, d, dtype=lay.dtype, device=lay.u.device)
     carry = None
@@ -172,9 +177,9 @@ def _forward(lay: _Layout, reverse: bool, keep_states: bool):
     for t0, t1 in _blocks(L, b * d * n, reverse):
         if keep_states:
             states.append(carry)
-        a = lay.decay(t0, t1)
+        w = lay.steps(t0, t1)
         h = lay.expand(lay.du_t[t0:t1], lay.B, t0, t1)
-        _scan_(h.view(t1 - t0, -1), a.view(t1 - t0, -1), None if carry is None else carry.view(-1), reverse)
+        _scan_(h, lay.decay(w), w, lay.A_nd, carry, reverse)
         carry = h[0 if reverse else -1].clone()
         y_t[t0:t1] = lay.contract(h, lay.C, t0, t1)
     o = y_t.permute(1, 2, 0)
@@ -199,31 +204,30 @@ def _backward(lay: _Layout, reverse: bool, states, o: torch.Tensor, grad_out: to
     else:
         dz = None
         dO = G
-    dO_t = dO.permute(2, 0, 1)
+    dO_t = dO.permute(2, 0, 1).contiguous()
     du_t = torch.empty(L, b, d, dtype=cd, device=dev)
     ddelta_t = torch.empty(L, b, d, dtype=cd, device=dev)
-    dA = torch.zeros_like(lay.A)
-    dB = torch.zeros_like(lay.B) if lay.B.dim() == 2 else torch.empty(lay.B.shape, dtype=cd, device=dev)
-    dC = torch.zeros_like(lay.C) if lay.C.dim() == 2 else torch.empty(lay.C.shape, dtype=cd, device=dev)
+    dA = torch.zeros_like(lay.A_nd)
+    dB = torch.zeros_like(lay.B) if lay.B.dim() == 2 else torch.empty_like(lay.B)
+    dC = torch.zeros_like(lay.C) if lay.C.dim() == 2 else torch.empty_like(lay.C)
     # adjoint carry: g at the position just past the block in adjoint order (the block's neighbour processed
     # before it); the last state's gradient enters at the last scanned position
     carry = None
+    edge = -1 if reverse else 0  # the block's first position in adjoint order... and its last in scan order
     blocks = _blocks(L, b * d * n, reverse)
     for (t0, t1), h_in in zip(blocks[::-1], states[::-1]):
-        T = t1 - t0
-        # decays over the block plus one position on the side the adjoint comes from
-        lo, hi = (t0 - 1, t1) if reverse else (t0, t1 + 1)
-        a_ext = lay.decay(lo, hi)
+        # steps over the block plus one position on the side the adjoint comes from
+        w_ext = lay.steps(t0 - 1, t1) if reverse else lay.steps(t0, t1 + 1)
+        a_ext = lay.decay(w_ext)
+        w, w_next = (w_ext[1:], w_ext[:-1]) if reverse else (w_ext[:-1], w_ext[1:])
         a, a_next = (a_ext[1:], a_ext[:-1]) if reverse else (a_ext[:-1], a_ext[1:])
         h = lay.expand(lay.du_t[t0:t1], lay.B, t0, t1)
-        _scan_(h.view(T, -1), a.view(T, -1), None if h_in is None else h_in.view(-1), reverse)
+        _scan_(h, a, w, lay.A_nd, h_in, reverse)
         g = lay.expand(dO_t[t0:t1], lay.C, t0, t1)
         if carry is None and grad_last is not None:
-            g[0 if reverse else -1] += grad_last.to(cd)
-        _scan_(g.view(T, -1), a_next.view(T, -1), None if carry is None else carry.view(-1), not reverse)
-        edge = -1 if reverse else 0
+            g[0 if reverse else -1] += grad_last.to(cd).transpose(1, 2)
+        _scan_(g, a_next, w_next, lay.A_nd, carry, not reverse)
         carry = g[edge].clone()
-        # dC, dB
         if lay.C.dim() == 2:
             dC += lay.reduce_bc(h, dO_t[t0:t1], lay.C)
         else:
@@ -243,9 +247,9 @@ def _backward(lay: _Layout, reverse: bool, states, o: torch.Tensor, grad_out: to
         else:
             a[edge].mul_(h_in)
         q = a.mul_(g)
-        dA += torch.einsum("tbdn,tbd->dn", q, lay.delta_t[t0:t1])
-        ddelta_t[t0:t1] = gB * lay.u.permute(2, 0, 1)[t0:t1] + torch.linalg.vecdot(q, lay.A)
-        du_t[t0:t1] = gB * lay.delta_t[t0:t1]
+        dA += (q * w.unsqueeze(2)).sum((0, 1))
+        torch.addcmul(torch.linalg.vecdot(q, lay.A_nd, dim=2), gB, lay.u_t[t0:t1], out=ddelta_t[t0:t1])
+        torch.mul(gB, w, out=du_t[t0:t1])
     du = du_t.permute(1, 2, 0)
     if lay.D is not None:
         du = du + dO * lay.D[:, None]
@@ -259,11 +263,9 @@ def _backward(lay: _Layout, reverse: bool, states, o: torch.Tensor, grad_out: to
     else:
         ddt = ddt.contiguous()
     ddb = ddt.sum((0, 2))
-    if lay.B.dim() != 2:
-        dB = dB.permute(1, 2, 3, 0)
-    if lay.C.dim() != 2:
-        dC = dC.permute(1, 2, 3, 0)
-    return du, ddt, dA, dB, dC, dD, dz, ddb
+    dB = dB.t() if lay.B.dim() == 2 else dB.permute(1, 2, 3, 0)
+    dC = dC.t() if lay.C.dim() == 2 else dC.permute(1, 2, 3, 0)
+    return du, ddt, dA.t(), dB, dC, dD, dz, ddb
 
 
 class _SelectiveScanTorch(torch.autograd.Function):
@@ -275,6 +277,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad[:8])
         o, last, states = _forward(lay, reverse, keep_states=needs_grad)
         out = _gate(o, lay.z).to(u.dtype)
+        last = last.transpose(1, 2).contiguous()
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, o, *[s for s in states if s is not None])
             ctx.flags = (delta_softplus, reverse, [s is None for s in states])
