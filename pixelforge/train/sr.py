@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -52,8 +53,11 @@ class SRTask(TrainTask):
         return {"psnr_y": sum(psnrs) / len(psnrs)}
 
     def export(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> Path:
-        """Save the merged (deployable) form when the backbone is re-parameterised."""
+        """Save the merged (deployable) form when the backbone is re-parameterised; the metadata says so."""
         model = copy.deepcopy(model).float()
         if hasattr(model.backbone, "merge"):
             model.backbone.merge()
+            cfg = json.loads(metadata["config"])
+            cfg["model"].setdefault("args", {})["deploy"] = True
+            metadata = {**metadata, "config": json.dumps(cfg)}
         return save_weights(model, path, metadata)
