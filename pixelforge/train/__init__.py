@@ -4,6 +4,7 @@
 """
 TASKS = {
     "sr": "pixelforge.train.sr:SRTask",
+    "dit": "pixelforge.train.diffscaler:DiTTask", "diffscaler": "pixelforge.train.diffscaler:DiffScalerTask",
     "dereflect": "pixelforge.train.dereflect:DereflectTask",
     "cls": "pixelforge.train.cls:ClassificationTask",
 }

@@ -150,7 +150,9 @@ def load_pipeline(model_name_or_path: str | os.PathLike, weights: str | list | N
 
             if len(base_files) > 1:
                 raise ValueError(f"one base weights file expected, got {base_files}")
-            model = create_model(str(model_name_or_path), weights=base_files[0] if base_files else None)
+            weights_file = base_files[0] if base_files else None
+            model = create_model(str(model_name_or_path), weights=weights_file,
+                                 **_training_model_args(weights_file, str(model_name_or_path)))
             base_files = []
         pipe = DiffScalerPipeline(model, make_scheduler(scheduler or "ddim"))
     if base_files:
@@ -161,6 +163,21 @@ def load_pipeline(model_name_or_path: str | os.PathLike, weights: str | list | N
         pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.transformer.eval()
     return pipe.to(device)
+
+
+def _training_model_args(weights, name: str) -> dict:
+    """``model.args`` of the training config that ``pixelforge train`` stores in a weights file, when it trained
+    the model ``name`` ({} otherwise)."""
+    if weights is None or not str(weights).endswith(".safetensors"):
+        return {}
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        cfg = json.loads((f.metadata() or {}).get("config", "{}"))
+    model = cfg.get("model", {})
+    return dict(model.get("args", {})) if model.get("name") == name else {}
 
 
 def _is_task_file(path) -> bool:
@@ -188,6 +205,9 @@ def generate_images(model_name_or_path: str | os.PathLike, weights: str | list |
         seed: seeds one torch.Generator for noise and scheduler.
     """
     pipe = load_pipeline(model_name_or_path, weights, scheduler, device)
+    pipe.set_progress_bar_config(disable=True)
+    if isinstance(task, str) and task.lstrip("-").isdigit():  # the command line passes ids as text
+        task = int(task)
     n = n or (len(classes) if classes else (len(task) if isinstance(task, (list, tuple)) else 1))
     if classes is not None and len(classes) == 1:
         classes = list(classes) * n
