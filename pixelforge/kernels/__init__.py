@@ -3,8 +3,8 @@
 Backends: ``auto`` (Triton for CUDA tensors when Triton works, PyTorch otherwise), ``torch``, ``triton``; chosen
 with :func:`use_backend` or the ``PIXELFORGE_KERNELS`` environment variable.
 """
-from .attention import attention
+from .attention import attention, attention_reference
 from .dispatch import get_backend, use_backend
 from .scan import selective_scan
 
-__all__ = ["attention", "selective_scan", "use_backend", "get_backend"]
+__all__ = ["attention", "attention_reference", "selective_scan", "use_backend", "get_backend"]
