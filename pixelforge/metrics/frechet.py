@@ -96,8 +96,8 @@ def _pre_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net.forward_head(net.forward_features(x), pre_logits=True)
 
 
-def classifier_extractor(model: str | nn.Module, weights=None, name: str | None = None,
-                         size: int | None = None) -> FeatureExtractor:
+def classifier_extractor(model: str | nn.Module, weights=None, name: str | None = None, size: int | None = None,
+                         model_args: dict | None = None) -> FeatureExtractor:
     """The pre-logit features of a classifier (any timm-style model with ``forward_features`` and
     ``forward_head(x, pre_logits=True)``), as ``FD-<name>``.
 
@@ -105,6 +105,7 @@ def classifier_extractor(model: str | nn.Module, weights=None, name: str | None 
         model: a registered model name (pixelforge or timm) or a module. weights: its weights file (for a name).
         name: the metric's suffix (default: the model name). size: input side (default: the model's
             pretrained config ``input_size``). Normalisation comes from the pretrained config (mean/std).
+        model_args: hyper-parameters the classifier was built with (for a name).
     """
     if isinstance(model, str):
         from timm.models import get_pretrained_cfg
@@ -112,11 +113,11 @@ def classifier_extractor(model: str | nn.Module, weights=None, name: str | None 
         from ..zoo import create_model, is_model, load_weights
 
         if is_model(model):
-            net = create_model(model, weights=weights)
+            net = create_model(model, weights=weights, **(model_args or {}))
         else:
             import timm
 
-            net = timm.create_model(model, pretrained=False)
+            net = timm.create_model(model, pretrained=False, **(model_args or {}))
             if weights is not None:
                 load_weights(net, weights)
         pretrained = get_pretrained_cfg(model)

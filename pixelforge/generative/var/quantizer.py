@@ -70,6 +70,8 @@ class MultiScaleQuantizer(nn.Module):
                                   for _ in range(num_phis))
         self.phi_index = phi_indices(num_phis, len(self.patch_nums))
         self.embedding = nn.Embedding(vocab_size, dim)
+        # per-scale EMA of code hits, updated by training passes (dead-code restarts read it); never used otherwise
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
 
     @property
     def num_scales(self) -> int:
@@ -174,11 +176,17 @@ class MultiScaleQuantizer(nn.Module):
         pn = self.patch_nums[si + 1]
         return f_hat, F.interpolate(f_hat, size=(pn, pn), mode="area")
 
+    @torch.no_grad()
+    def _record_hits(self, si: int, idx: torch.Tensor) -> None:
+        hits = torch.bincount(idx.flatten(), minlength=self.vocab_size).float()
+        row = self.ema_vocab_hit_SV[si]
+        row.copy_(hits) if row.sum() == 0 else row.mul_(0.99).add_(hits, alpha=0.01)
+
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Training pass: residual quantisation with the codebook/commitment loss and a straight-through estimator.
 
         Loss = mean over scales of ``beta·mse(sg[f_hat_k], f) + mse(f_hat_k, sg[f])`` (f_hat_k: cumulative f_hat).
-        Runs in float32 whatever the autocast state.
+        Runs in float32 whatever the autocast state. In training mode the code hits update ``ema_vocab_hit_SV``.
 
         Returns:
             f_hat (B, dim, H, W) with gradients passed straight through to f, the scalar loss, the token maps.
@@ -200,6 +208,8 @@ class MultiScaleQuantizer(nn.Module):
                 f_rest = f_rest - contrib.detach()
                 loss = loss + F.mse_loss(f_hat.detach(), f).mul(self.beta) + F.mse_loss(f_hat, f_nograd)
                 idx_list.append(idx)
+                if self.training:
+                    self._record_hits(si, idx)
             loss = loss / self.num_scales
             f_hat = (f_hat.detach() - f_nograd) + f
         return f_hat, loss, idx_list

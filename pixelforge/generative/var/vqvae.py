@@ -261,17 +261,17 @@ class VQVAE(nn.Module):
 def checkpoint_filter_fn(state_dict: dict, model: VQVAE) -> dict:
     """Official VQVAE keys → ours.
 
-    The Phi convs (``quantize.quant_resi.qresi_ls.{j}`` / ``.qresi`` / ``.{j}``) become ``quantize.phis.{j}``; the
-    usage statistic ``quantize.ema_vocab_hit_SV`` (never read at inference) is dropped after a shape check. Our own
-    keys pass unchanged.
+    The Phi convs (``quantize.quant_resi.qresi_ls.{j}`` / ``.qresi`` / ``.{j}``) become ``quantize.phis.{j}``. The
+    usage statistic ``quantize.ema_vocab_hit_SV`` is kept; when its number of scales differs from the model's it is
+    replaced by zeros (as the official ``load_state_dict`` does). Our own keys pass unchanged.
     """
     out = {}
     for k, v in state_dict.items():
-        if k == "quantize.ema_vocab_hit_SV":
+        if k == "quantize.ema_vocab_hit_SV" and tuple(v.shape) != tuple(model.quantize.ema_vocab_hit_SV.shape):
             if v.ndim != 2 or v.shape[1] != model.vocab_size:
                 raise CheckpointError(f"quantize.ema_vocab_hit_SV has shape {tuple(v.shape)}, expected "
                                       f"(scales, {model.vocab_size})")
-            continue
+            v = torch.zeros_like(model.quantize.ema_vocab_hit_SV)
         if k.startswith("quantize.quant_resi."):
             rest = k[len("quantize.quant_resi."):]
             if rest.startswith("qresi_ls."):
@@ -284,8 +284,8 @@ def checkpoint_filter_fn(state_dict: dict, model: VQVAE) -> dict:
 
 
 def official_state_dict(model: VQVAE) -> dict[str, torch.Tensor]:
-    """Our weights in the official layout (Phi key pattern by the model's ``share_quant_resi``), with a zero
-    ``quantize.ema_vocab_hit_SV`` buffer re-emitted, loadable strictly by the official ``VQVAE``."""
+    """Our weights in the official layout (Phi key pattern by the model's ``share_quant_resi``), loadable strictly
+    by the official ``VQVAE``."""
     share_quant_resi = model.quantize.share_quant_resi
     state = {}
     for k, v in model.state_dict().items():
@@ -294,7 +294,6 @@ def official_state_dict(model: VQVAE) -> dict[str, torch.Tensor]:
             prefix = {0: f"{j}.", 1: "qresi."}.get(share_quant_resi, f"qresi_ls.{j}.")
             k = "quantize.quant_resi." + prefix + rest
         state[k] = v
-    state["quantize.ema_vocab_hit_SV"] = torch.zeros(len(model.patch_nums), model.vocab_size)
     return state
 
 

@@ -1,0 +1,364 @@
+"""VAR training tasks: stage 1 trains the multi-scale VQ-VAE tokenizer, stage 2 the next-scale transformer on its
+tokens (teacher forcing on all scales).
+
+Config sections read here (the loop reads ``train``, ``optimizer``, ``scheduler``)::
+
+    data:
+      archive: ../shared/data/cifar10-jpeg.tar.gz   # ImageFolder tree in a .tar(.gz), unpacked once (optional)
+      train_dir: cifar10/train                      # relative to the unpacked archive when there is one
+      val_dir: cifar10/test
+      preload: true                                 # decode every image into memory once
+      hflip: true                                   # random horizontal flips
+      val_limit: 1000                               # evaluate on the first N validation images (spread over classes)
+
+    # stage 1 (task: var_vqvae)
+    model: {name: var_vqvae_f4_32, args: {}}
+    loss: {l1: 1.0, l2: 0.0, vq: 1.0, perceptual: 0.0, vgg_weights: null}
+    codebook: {init_from_data: true, restart_dead: true, restart_below: 0.03}
+
+    # stage 2 (task: var)
+    model: {name: var_d6_32, args: {num_classes: 10}}
+    vqvae: {name: var_vqvae_f4_32, weights: runs/var_vqvae_cifar/model.safetensors, args: {}}
+    loss: {label_smoothing: 0.0}
+    eval: {samples_per_class: 8, grid_per_class: 8, cfg: 1.5, top_k: 0, top_p: 0.0, seed: 0,
+           fd: {classifier: cct_2_3x2_32, weights: PATH, args: {}, name: null, inception: PATH}}  # fd optional
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..data.classification import ImageFolderDataset, unpack_archive
+from ..zoo import create_model
+from .loop import TrainTask
+
+__all__ = ["VQVAETask", "VARTask"]
+
+
+def _to_tensor(img) -> torch.Tensor:
+    """8-bit RGB PIL image → (3, H, W) float32 in [0, 1]."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+class _Images(Dataset):
+    """(image (3, H, W) in [0, 1], label), optionally flipped horizontally at random (torch RNG)."""
+
+    def __init__(self, base: Dataset, hflip: bool = False, indices: list[int] | None = None):
+        self.base, self.hflip = base, hflip
+        self.indices = list(range(len(base))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[self.indices[i]]
+        if self.hflip and torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        return img, label
+
+
+def _spread(labels: list[int], limit: int | None) -> list[int]:
+    """The first ``limit`` indices taken round-robin over classes (a class-balanced validation subset)."""
+    if not limit or limit >= len(labels):
+        return list(range(len(labels)))
+    by_class: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        by_class.setdefault(c, []).append(i)
+    order = [idx for group in zip(*by_class.values()) for idx in group]
+    return sorted(order[:limit])
+
+
+def _image_datasets(cfg: dict) -> tuple[_Images, _Images | None]:
+    d = cfg["data"]
+    base = unpack_archive(d["archive"], d.get("cache_dir")) if d.get("archive") else Path(".")
+    preload = bool(d.get("preload", True))
+    train = ImageFolderDataset(base / d["train_dir"], _to_tensor, preload=preload)
+    val = None
+    if d.get("val_dir"):
+        val_base = ImageFolderDataset(base / d["val_dir"], _to_tensor, classes=train.classes, preload=preload)
+        val = _Images(val_base, indices=_spread(val_base.targets, d.get("val_limit")))
+    return _Images(train, hflip=bool(d.get("hflip", True))), val
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _psnr_rgb(output: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Per-image RGB PSNR (dB) of (B, 3, H, W) tensors in [0, 1], on 8-bit quantised pixels."""
+    from ..metrics.sr import psnr, tensor_to_uint8
+
+    return [psnr(tensor_to_uint8(o), tensor_to_uint8(t)) for o, t in zip(output.float().cpu(), target.float().cpu())]
+
+
+class VQVAETask(TrainTask):
+    """Stage 1: the multi-scale VQ-VAE on images in [-1, 1].
+
+    Loss = l1·|x̂ − x| + l2·(x̂ − x)² + vq·(codebook + β·commitment, averaged over scales) [+ perceptual·VGG].
+    The codebook starts from encoder outputs of the first batch (``init_from_data``); codes whose usage EMA falls
+    below ``restart_below`` of the mean usage are re-seeded from encoder outputs of the current batch
+    (``restart_dead``). Usage is the quantiser's ``ema_vocab_hit_SV`` buffer, so the decisions depend only on the
+    checkpointed model state and RNG, and resuming stays exact.
+    """
+
+    main_metric = "psnr"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.loss_cfg = {"l1": 1.0, "l2": 0.0, "vq": 1.0, "perceptual": 0.0, **cfg.get("loss", {})}
+        self.cb_cfg = {"init_from_data": True, "restart_dead": True, "restart_below": 0.03, **cfg.get("codebook", {})}
+        self.perceptual = None
+        if self.loss_cfg["perceptual"] > 0:
+            from ..layers.vgg import VGGPerceptualLoss
+
+            self.perceptual = VGGPerceptualLoss(self.loss_cfg.get("vgg_weights"))
+
+    def build_model(self, cfg: dict) -> nn.Module:
+        m = cfg["model"]
+        return create_model(m["name"], **m.get("args", {}))
+
+    def build_datasets(self, cfg: dict):
+        return _image_datasets(cfg)
+
+    @torch.no_grad()
+    def _reseed_codes(self, model: nn.Module, x: torch.Tensor) -> int:
+        """Seed the whole codebook (before the first pass) or its dead rows from random encoder output vectors of
+        this batch; returns how many rows changed."""
+        quant = _unwrap(model).quantize
+        usage = quant.ema_vocab_hit_SV.sum(0)
+        if usage.sum() == 0:
+            if not self.cb_cfg["init_from_data"]:
+                return 0
+            rows = torch.arange(quant.vocab_size, device=usage.device)
+        elif self.cb_cfg["restart_dead"]:
+            rows = torch.nonzero(usage < self.cb_cfg["restart_below"] * usage.mean()).flatten()
+        else:
+            return 0
+        if len(rows):
+            f = _unwrap(model).encode(x).float().permute(0, 2, 3, 1).reshape(-1, quant.dim)
+            pick = torch.randint(0, f.shape[0], (len(rows),), device=f.device)
+            quant.embedding.weight[rows] = f[pick] + 1e-3 * f.std() * torch.randn_like(f[pick])
+            quant.ema_vocab_hit_SV[:, rows] = usage.mean() / quant.num_scales
+        return len(rows)
+
+    def training_step(self, model: nn.Module, batch):
+        images, _ = batch
+        x = images * 2 - 1
+        logs = {"reseeded": self._reseed_codes(model, x)}
+        recon, vq_loss, idx_list = model(x)
+        recon = recon.float()
+        loss = self.loss_cfg["vq"] * vq_loss
+        logs["vq"] = vq_loss.item()
+        if self.loss_cfg["l1"]:
+            l1 = F.l1_loss(recon, x)
+            loss = loss + self.loss_cfg["l1"] * l1
+            logs["l1"] = l1.item()
+        if self.loss_cfg["l2"]:
+            loss = loss + self.loss_cfg["l2"] * F.mse_loss(recon, x)
+        if self.perceptual is not None:
+            self.perceptual.to(recon.device)
+            perc = self.perceptual(recon.add(1).div(2).clamp(0, 1), images)
+            loss = loss + self.loss_cfg["perceptual"] * perc
+            logs["perceptual"] = perc.item()
+        vocab = _unwrap(model).quantize.vocab_size
+        logs["usage_last"] = idx_list[-1].unique().numel() / vocab
+        return loss, logs
+
+    def evaluate(self, model: nn.Module, val_loader) -> dict:
+        """RGB PSNR of the full reconstruction and of the first half of the scales; codebook usage per scale."""
+        device = model.quantize.embedding.weight.device
+        num_scales = model.quantize.num_scales
+        psnrs, psnrs_half, used = [], [], [set() for _ in range(num_scales)]
+        for images, _ in val_loader:
+            images = images.to(device)
+            idx = model.img_to_idx(images * 2 - 1)
+            psnrs += _psnr_rgb(model.idx_to_img(idx).add(1).div(2), images)
+            half = model.fhat_to_img(model.quantize.idx_to_fhat(idx[: num_scales // 2]))
+            psnrs_half += _psnr_rgb(half.add(1).div(2), images)
+            for s, t in enumerate(idx):
+                used[s].update(t.unique().tolist())
+        vocab = model.quantize.vocab_size
+        metrics = {"psnr": sum(psnrs) / len(psnrs), f"psnr_{num_scales // 2}_scales": sum(psnrs_half) / len(psnrs)}
+        metrics.update({f"usage_s{s}": len(u) / vocab for s, u in enumerate(used)})
+        return metrics
+
+
+class _Tokens(Dataset):
+    """(tokens (L,) int64, label) from a token table; with flips, each item picks the flipped tokens half the time."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None):
+        self.tokens, self.labels, self.flipped = tokens, labels, flipped
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        table = self.flipped if self.flipped is not None and torch.rand(()) < 0.5 else self.tokens
+        return table[i].long(), int(self.labels[i])
+
+
+class VARTask(TrainTask):
+    """Stage 2: the VAR transformer on the frozen tokenizer's tokens (computed once, cached in ``output_dir``).
+
+    Teacher forcing on all scales: input ``idx_to_var_input(tokens)``, loss = token-mean cross-entropy (the
+    official trainer's ``mean_b Σ_l CE/L``); class dropout (``cond_drop_rate``) happens inside the model in training
+    mode. Evaluation: validation loss and token accuracy per scale, a class-conditional sample grid
+    (``output_dir/samples.png``) and, when configured, the Fréchet distance of samples to validation images.
+    """
+
+    main_metric = "acc"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        v = cfg["vqvae"]
+        self.vqvae = create_model(v["name"], weights=v["weights"], **v.get("args", {})).eval().requires_grad_(False)
+        self.smoothing = float(cfg.get("loss", {}).get("label_smoothing", 0.0))
+        self.eval_cfg = {"samples_per_class": 8, "grid_per_class": 8, "cfg": 1.5, "top_k": 0, "top_p": 0.0,
+                         "seed": 0, **cfg.get("eval", {})}
+        self._val_images = None
+        self._real_stats = {}
+
+    def build_model(self, cfg: dict) -> nn.Module:
+        m = cfg["model"]
+        model = create_model(m["name"], **m.get("args", {}))
+        from ..generative.var.sampling import check_pair
+
+        check_pair(model, self.vqvae)
+        return model
+
+    @torch.no_grad()
+    def _tokenize(self, images: Dataset, flip: bool) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(images, batch_size=256, shuffle=False)
+        out = []
+        for x, _ in loader:
+            x = x.flip(-1) if flip else x
+            out.append(torch.cat(self.vqvae.img_to_idx(x * 2 - 1), dim=1).to(torch.int16))
+        return torch.cat(out)
+
+    def _token_cache(self, cfg: dict, name: str, images: _Images, flip: bool) -> torch.Tensor:
+        """Tokens of a split, read from / written to ``output_dir/tokens/`` keyed by tokenizer weights and data."""
+        v, d = cfg["vqvae"], cfg["data"]
+        digest = hashlib.sha256(Path(v["weights"]).read_bytes()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([digest, v["name"], v.get("args", {}), d, name, flip],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = Path(cfg.get("output_dir") or "runs/var") / "tokens" / f"{name}{'-flip' if flip else ''}-{key}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True)
+        tokens = self._tokenize(images, flip)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(tokens, tmp)
+        tmp.replace(path)
+        return tokens
+
+    def build_datasets(self, cfg: dict):
+        train_images, val_images = _image_datasets(cfg)
+        plain = _Images(train_images.base, indices=train_images.indices)
+        labels = torch.tensor([train_images.base.targets[i] for i in train_images.indices])
+        train = _Tokens(self._token_cache(cfg, "train", plain, False), labels,
+                        self._token_cache(cfg, "train", plain, True) if train_images.hflip else None)
+        val = None
+        if val_images is not None:
+            self._val_images = val_images
+            val_labels = torch.tensor([val_images.base.targets[i] for i in val_images.indices])
+            val = _Tokens(self._token_cache(cfg, "val", val_images, False), val_labels)
+        return train, val
+
+    def _teacher_forcing(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) → the transformer's input (B, L - p_1², Cvae), float32, without gradients."""
+        quant = self.vqvae.quantize.to(tokens.device)
+        idx_list = list(tokens.split([p * p for p in quant.patch_nums], dim=1))
+        with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
+            return quant.idx_to_var_input(idx_list)
+
+    def training_step(self, model: nn.Module, batch):
+        tokens, labels = batch
+        x = self._teacher_forcing(tokens)
+        logits = model(labels, x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1),
+                               label_smoothing=self.smoothing)
+        acc = (logits.argmax(-1) == tokens).float().mean()
+        return loss, {"acc": acc.item()}
+
+    def evaluate(self, model: nn.Module, val_loader) -> dict:
+        device = model.pos_1LC.device
+        num_scales = len(model.patch_nums)
+        ce_sum, hit_sum, count = torch.zeros(num_scales), torch.zeros(num_scales), 0
+        bounds = model.begin_ends
+        for tokens, labels in val_loader:
+            tokens, labels = tokens.to(device), labels.to(device)
+            x = self._teacher_forcing(tokens)
+            logits = model(labels, x).float()
+            ce = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+            hit = (logits.argmax(-1) == tokens).float()
+            for s, (b, e) in enumerate(bounds):
+                ce_sum[s] += ce[:, b:e].mean(1).sum().cpu()
+                hit_sum[s] += hit[:, b:e].mean(1).sum().cpu()
+            count += tokens.shape[0]
+        lengths = torch.tensor([e - b for b, e in bounds], dtype=torch.float32)
+        metrics = {"loss": float((ce_sum * lengths).sum() / lengths.sum() / count),
+                   "acc": float((hit_sum * lengths).sum() / lengths.sum() / count)}
+        metrics.update({f"loss_s{s}": float(ce_sum[s] / count) for s in range(num_scales)})
+        metrics.update({f"acc_s{s}": float(hit_sum[s] / count) for s in range(num_scales)})
+        if self.eval_cfg["samples_per_class"]:
+            metrics.update(self._sample_and_score(model))
+        return metrics
+
+    def _sample_and_score(self, model: nn.Module) -> dict:
+        """Sample ``samples_per_class`` images of every class; write ``grid_per_class`` of each to
+        ``output_dir/samples.png``; Fréchet distance(s) to the validation images when ``eval.fd`` is set."""
+        from ..data.image_io import write_image
+        from ..generative.cli import make_grid
+        from ..generative.var.sampling import sample
+
+        e = self.eval_cfg
+        device = model.pos_1LC.device
+        vqvae = self.vqvae.to(device)
+        n = int(e["samples_per_class"])
+        labels = torch.arange(model.num_classes, device=device).repeat_interleave(n)
+        gen = torch.Generator(device=device).manual_seed(int(e["seed"]))
+        images = torch.cat([sample(model, vqvae, len(chunk), chunk, cfg=float(e["cfg"]), top_k=int(e["top_k"]),
+                                   top_p=float(e["top_p"]), generator=gen).images.float().cpu()
+                            for chunk in labels.split(250)])
+        per_row = min(n, int(e.get("grid_per_class", 8)))
+        grid = images.view(model.num_classes, n, *images.shape[1:])[:, :per_row].flatten(0, 1)
+        out = Path(self.cfg.get("output_dir") or "runs/var")
+        out.mkdir(parents=True, exist_ok=True)
+        write_image(out / "samples.png", make_grid(grid, nrow=per_row))
+        return self._frechet(images) if e.get("fd") and self._val_images is not None else {}
+
+    def _frechet(self, images: torch.Tensor) -> dict:
+        """``{"FD-<classifier>": ..., "FID": ...}`` of the samples against the validation images."""
+        from ..metrics.frechet import FeatureStats, classifier_extractor, inception_extractor
+
+        fd = self.eval_cfg["fd"]
+        extractors = []
+        if fd.get("classifier"):
+            if fd.get("weights") and not Path(fd["weights"]).is_file():
+                warnings.warn(f"FD skipped: classifier weights {fd['weights']} not found", stacklevel=2)
+            else:
+                extractors.append(classifier_extractor(fd["classifier"], fd.get("weights"), fd.get("name"),
+                                                       model_args=fd.get("args")))
+        if fd.get("inception"):
+            extractors.append(inception_extractor(fd["inception"]))
+        scores = {}
+        for ext in extractors:
+            if ext.name not in self._real_stats:
+                real = FeatureStats()
+                for x, _ in torch.utils.data.DataLoader(self._val_images, batch_size=250):
+                    real.update(ext(x))
+                self._real_stats[ext.name] = real
+            fake = FeatureStats()
+            for chunk in images.split(250):
+                fake.update(ext(chunk))
+            scores[ext.name] = fake.frechet(self._real_stats[ext.name])
+        return scores
