@@ -7,6 +7,7 @@ TASKS = {
     "dit": "pixelforge.train.diffscaler:DiTTask", "diffscaler": "pixelforge.train.diffscaler:DiffScalerTask",
     "dereflect": "pixelforge.train.dereflect:DereflectTask",
     "cls": "pixelforge.train.cls:ClassificationTask",
+    "var_vqvae": "pixelforge.train.var:VQVAETask", "var": "pixelforge.train.var:VARTask",
 }
 
 __all__ = ["TASKS"]
