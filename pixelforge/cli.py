@@ -9,6 +9,10 @@ import sys
 # ``func`` set to a callable taking the parsed args and returning an exit code. Imported lazily so --help is fast.
 COMMANDS = {
     "train": "pixelforge.train.cli:add_train_parser",
+    "upscale": "pixelforge.infer.upscale:add_upscale_parser",
+    "eval": "pixelforge.infer.evaluate:add_eval_parser",
+    "convert": "pixelforge.zoo.cli:add_convert_parser",
+    "models": "pixelforge.zoo.cli:add_models_parser",
     "dereflect": "pixelforge.infer.dereflect:add_dereflect_parser",
     "generate": "pixelforge.generative.cli:add_generate_parser",
 }

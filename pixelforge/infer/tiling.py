@@ -1,0 +1,119 @@
+"""The tiled image-to-image runner: any model mapping (B, C, H, W) to (B, C', s·H, s·W), on images of any size.
+
+Tiles overlap and are blended with separable weights that fade each tile out towards the edges it shares with a
+neighbour: over the overlap, a tile's weight is 0 on the outer quarter (the pixels that see the tile border) and
+rises as sin² over the middle half. The weights are normalised per axis to sum to 1, so the output accumulator is the
+only full-size buffer and memory grows with the tile, not the image. Whole-image inference (``tile=None``) is the same
+code with a single tile, and returns exactly ``model(image)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..vision.dense import DenseImageModel
+from .precision import autocast, check_finite
+
+__all__ = ["run_tiled", "tile_starts"]
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``[0, size)`` with at least ``overlap`` shared pixels.
+
+    The last tile is aligned to the end, so every tile has the full length (when ``size >= tile``).
+    """
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def _ramp_weights(starts: list[int], length: int, size: int, overlap: int, scale: int) -> list[torch.Tensor]:
+    """Per-tile 1-D output weights along one axis, normalised so that they sum to 1 at every output pixel."""
+    n, ov = length * scale, overlap * scale
+    ramp = None
+    if ov:  # 0 over the outer quarter of the overlap (the least accurate pixels), sin² rise over the middle half
+        margin = ov // 4
+        ramp = torch.ones(ov, dtype=torch.float64)
+        ramp[:margin] = 0
+        k = torch.arange(ov - 2 * margin, dtype=torch.float64)
+        ramp[margin:ov - margin] = torch.sin(0.5 * math.pi * (k + 0.5) / (ov - 2 * margin)) ** 2
+    weights, total = [], torch.zeros(size * scale, dtype=torch.float64)
+    for start in starts:
+        w = torch.ones(n, dtype=torch.float64)
+        if ov and start > 0:
+            w[:ov] = ramp
+        if ov and start + length < size:
+            w[-ov:] = torch.minimum(w[-ov:], ramp.flip(0))
+        total[start * scale:start * scale + n] += w
+        weights.append(w)
+    return [(w / total[s * scale:s * scale + n]).float() for w, s in zip(weights, starts)]
+
+
+def _forward(model: nn.Module, x: torch.Tensor, multiple: int, scale: int) -> torch.Tensor:
+    """model(x), padding x bottom/right to ``multiple`` (reflect, or replicate when too small) for models that do not
+    pad themselves (a :class:`DenseImageModel` applies its official padding), then cropping the output back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if isinstance(model, DenseImageModel) or not (ph or pw):
+        return model(x)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return model(F.pad(x, (0, pw, 0, ph), mode=mode))[..., : h * scale, : w * scale]
+
+
+def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, overlap: int = 16,
+              precision: str = "fp32", device: torch.device | str | None = None) -> torch.Tensor:
+    """Run an image-to-image model over ``image`` in overlapping tiles.
+
+    Args:
+        model: maps (B, C, h, w) → (B, C', s·h, s·w), s = ``model.upscale`` (1 when absent: restoration).
+            ``model.spatial_multiple`` (default 1) is the size multiple it needs; tiles are rounded up to it.
+        image: (B, C, H, W) float in [0, 1], on any device.
+        tile: tile side in input pixels; None (or ≥ the image) runs the whole image at once.
+        overlap: input pixels shared by neighbouring tiles (0 ≤ overlap < tile); they are blended.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast); non-finite outputs raise NonFiniteOutputError.
+        device: where the model runs (default: the device of its parameters). Tiles move there one at a time.
+    Returns:
+        (B, C', s·H, s·W) float32 on the CPU.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"expected a (B, C, H, W) image, got shape {tuple(image.shape)}")
+    batch, _, height, width = image.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"cannot process a zero-size image ({width}x{height})")
+    scale = int(getattr(model, "upscale", 1))
+    multiple = int(getattr(model, "spatial_multiple", 1))
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    if tile is None:
+        th, tw, overlap = height, width, 0
+    else:
+        if tile <= 0:
+            raise ValueError(f"tile must be positive, got {tile}")
+        tile = -(-tile // multiple) * multiple
+        if not 0 <= overlap < tile:
+            raise ValueError(f"tile overlap must be in [0, tile), got {overlap} with tile {tile}")
+        th, tw = min(tile, height), min(tile, width)
+    ys, xs = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
+    wys = _ramp_weights(ys, th, height, overlap, scale)
+    wxs = _ramp_weights(xs, tw, width, overlap, scale)
+    single = len(ys) == 1 and len(xs) == 1
+    out = None
+    with torch.inference_mode(), autocast(precision, device):
+        for y, wy in zip(ys, wys):
+            for x, wx in zip(xs, wxs):
+                patch = image[:, :, y:y + th, x:x + tw].to(device=device, dtype=torch.float32)
+                res = check_finite(_forward(model, patch, multiple, scale).float(), precision).cpu()
+                if res.shape[-2:] != (th * scale, tw * scale) or res.shape[0] != batch:
+                    raise ValueError(f"model output {tuple(res.shape)} does not match its input "
+                                     f"{tuple(patch.shape)} at scale {scale}")
+                if single:
+                    return res
+                if out is None:
+                    out = torch.zeros(batch, res.shape[1], height * scale, width * scale)
+                out[:, :, y * scale:(y + th) * scale, x * scale:(x + tw) * scale] += res * (wy[:, None] * wx[None])
+    return out

@@ -1,0 +1,210 @@
+"""``pixelforge upscale`` and the shared runner behind every image-to-image command (upscale, dereflect...).
+
+A same-size command reuses it in a few lines::
+
+    def add_dereflect_parser(subparsers):
+        parser = subparsers.add_parser("dereflect", help="remove reflections from photos")
+        add_image_to_image_arguments(parser, default_model="rrformer")
+        parser.set_defaults(func=lambda args: run_image_to_image(args, "dereflect"))
+
+Inputs are files or folders (the images directly inside, by suffix); outputs are PNG files named after the inputs in
+the ``-o`` folder, or the ``-o`` file itself for a single input file. Alpha is resized separately (bicubic) and kept,
+16-bit inputs give 16-bit outputs, grayscale stays grayscale. A file that fails is reported on one stderr line and
+leaves no output; the others are still processed and a summary names the failures (exit code 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.image_io import (IMAGE_SUFFIXES, LUMA_BT601, ImageData, ImageIOError, list_image_files, read_image,
+                             write_image)
+from ..zoo import CheckpointError, create_model
+from .precision import PRECISIONS, NonFiniteOutputError, resolve_device
+from .tiling import run_tiled
+
+__all__ = ["add_image_to_image_arguments", "run_image_to_image", "process_image", "load_model",
+           "add_upscale_parser", "CommandError", "one_line"]
+
+
+class CommandError(Exception):
+    """A problem that stops a command; its message is printed as one line on stderr."""
+
+
+def add_image_to_image_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    """INPUT... -o OUT --model --weights --tile --tile-overlap --precision --device."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output folder (created if needed), or an output image file for a single input file")
+    parser.add_argument("--model", help="registered model name (see `pixelforge models`); default: the model named "
+                                        "in a --weights file from `pixelforge train`"
+                                        + (f", else {default_model}" if default_model else ""))
+    parser.set_defaults(default_model=default_model)
+    parser.add_argument("--weights", metavar="W",
+                        help="weights file (pixelforge safetensors or an official checkpoint); "
+                             "default: the model's bundled pretrained weights")
+    parser.add_argument("--tile", type=int, default=512, metavar="N",
+                        help="tile size in input pixels; 0 processes whole images at once (default 512)")
+    parser.add_argument("--tile-overlap", type=int, default=32, metavar="M",
+                        help="pixels shared by neighbouring tiles, blended (default 32)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="fp32, or bf16/fp16 autocast (default fp32)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+
+
+def _trained_model(weights: str | None) -> tuple[str, dict] | None:
+    """(model name, constructor overrides) recorded by ``pixelforge train`` in a safetensors file, if any."""
+    if weights is None or not str(weights).endswith(".safetensors") or not Path(weights).is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            cfg = json.loads((f.metadata() or {}).get("config", "null"))
+        return str(cfg["model"]["name"]), dict(cfg["model"].get("args") or {})
+    except Exception:  # no or foreign metadata: the file is loaded as plain weights, which reports real problems
+        return None
+
+
+def load_model(name: str | None, weights: str | None, device: torch.device,
+               default: str | None = None) -> nn.Module:
+    """Build a registered model with ``weights`` (or its pretrained default), in eval mode on ``device``.
+
+    A weights file written by ``pixelforge train`` carries its model name and hyper-parameters; they are used when
+    ``name`` is None or the same model. Otherwise ``name`` (or ``default``) is built with its registered config.
+    Raises:
+        CommandError with a one-line message (unknown model, no weights, weights that do not fit...).
+    """
+    args = {}
+    trained = _trained_model(weights)
+    if trained is not None and name in (None, trained[0]):
+        name, args = trained
+    name = name or default
+    if name is None:
+        raise CommandError("--model is required (the weights file does not name its model)")
+    try:
+        model = create_model(name, pretrained=weights is None, weights=weights, **args)
+    except (FileNotFoundError, ValueError, CheckpointError, TypeError) as exc:  # unknown name, no or unfit weights
+        raise CommandError(one_line(exc).replace("weights=PATH", "--weights W")) from None
+    return model.eval().to(device)
+
+
+def _model_channels(model: nn.Module) -> int:
+    return int(getattr(model, "in_chans", getattr(getattr(model, "backbone", None), "in_chans", 3)))
+
+
+def process_image(model: nn.Module, image: ImageData, tile: int | None = None, overlap: int = 32,
+                  precision: str = "fp32", device: torch.device | None = None) -> ImageData:
+    """Run an image-to-image model on a decoded image; alpha is resized on its own (bicubic) and kept.
+
+    Grayscale input to a 3-channel model is replicated and the result turned back to one channel (BT.601 luma);
+    colour input to a 1-channel model is processed channel by channel. Returns pixels (C, s·H, s·W) in [0, 1] and
+    the input's bit depth.
+    """
+    pixels = image.pixels
+    channels = _model_channels(model)
+    if channels == 3 and pixels.shape[0] == 1:
+        out = run_tiled(model, pixels.expand(3, -1, -1)[None], tile, overlap, precision, device)[0]
+        out = torch.tensordot(out.new_tensor(LUMA_BT601), out, dims=1)[None]
+    elif channels == 1 and pixels.shape[0] == 3:
+        out = run_tiled(model, pixels[:, None], tile, overlap, precision, device)[:, 0]
+    else:
+        out = run_tiled(model, pixels[None], tile, overlap, precision, device)[0]
+    alpha = image.alpha
+    if alpha is not None and alpha.shape[-2:] != out.shape[-2:]:
+        alpha = F.interpolate(alpha[None], size=out.shape[-2:], mode="bicubic", align_corners=False)[0]
+    return ImageData(out.clamp(0, 1), None if alpha is None else alpha.clamp(0, 1), image.bit_depth)
+
+
+def _collect_jobs(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
+    """(input file, output file) pairs. A single input file with an image suffix on ``output`` writes that file."""
+    out = Path(output)
+    if len(inputs) == 1 and not Path(inputs[0]).is_dir() and out.suffix.lower() in IMAGE_SUFFIXES \
+            and not out.is_dir():
+        return [(Path(inputs[0]), out)]
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = list_image_files(item)
+            if not found:
+                raise CommandError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {item}")
+            files += found
+        else:
+            files.append(item)
+    return [(f, out / f"{f.stem}.png") for f in files]
+
+
+def run_image_to_image(args: argparse.Namespace, command: str) -> int:
+    """Process every input of an image-to-image command (arguments from :func:`add_image_to_image_arguments`).
+
+    Returns the exit code: 0 when every image was written, 1 otherwise (including setup errors, each reported as
+    one line ``pixelforge COMMAND: error: ...`` on stderr).
+    """
+    from tqdm import tqdm
+
+    def error(message: str) -> int:
+        print(f"pixelforge {command}: error: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        jobs = _collect_jobs(args.inputs, args.output)
+        device = resolve_device(args.device)
+        tile = args.tile or None
+        if tile is not None and not 0 <= args.tile_overlap < tile:
+            raise CommandError(f"--tile-overlap must be in [0, --tile), got {args.tile_overlap} with --tile {tile}")
+        model = load_model(args.model, args.weights, device, args.default_model)
+        for folder in {dst.parent for _, dst in jobs}:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CommandError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+    except (CommandError, ValueError) as exc:
+        return error(one_line(exc))
+
+    failures, seen = [], {}
+    bar = tqdm(jobs, desc=command, unit="img", disable=True if len(jobs) == 1 else None, file=sys.stderr)
+    for src, dst in bar:
+        try:
+            key = dst.resolve()
+            if key == src.resolve():
+                raise CommandError(f"{src}: the output would overwrite the input; choose another -o")
+            if key in seen:
+                raise CommandError(f"{src}: {dst} is already written for {seen[key]} (same file name)")
+            seen[key] = src
+            image = read_image(src)
+            result = process_image(model, image, tile, args.tile_overlap, args.precision, device)
+            write_image(dst, result.pixels, result.alpha, result.bit_depth)
+        except (CommandError, ImageIOError, NonFiniteOutputError) as exc:
+            message = one_line(exc)
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory, or a model that rejects the input size
+            message = f"{src}: {one_line(exc)}" + ("; try a smaller --tile" if "memory" in str(exc) else "")
+        else:
+            continue
+        failures.append(src)
+        bar.write(f"pixelforge {command}: error: {message}", file=sys.stderr)
+    if len(jobs) > 1:
+        done = len(jobs) - len(failures)
+        print(f"{command}: wrote {done} of {len(jobs)} images to {Path(args.output)}", file=sys.stderr)
+        if failures:
+            print(f"pixelforge {command}: {len(failures)} failed: {', '.join(map(str, failures))}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (whitespace collapsed), or its type name when it has none."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def add_upscale_parser(subparsers) -> argparse.ArgumentParser:
+    """``pixelforge upscale INPUT... -o OUT [--model NAME] [--weights W] [--tile N --tile-overlap M] ...``."""
+    parser = subparsers.add_parser("upscale", help="super-resolve images (files or folders)",
+                                   description="Upscale images with a super-resolution model, tile by tile.")
+    add_image_to_image_arguments(parser, default_model="cfsr_x4")
+    parser.set_defaults(func=lambda args: run_image_to_image(args, "upscale"))
+    return parser

@@ -1,0 +1,98 @@
+"""The tiled runner: exact blending of pointwise models, bounded tile size, padding, precision, and real CFSR seams."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pixelforge
+from conftest import DATA, parity_case
+from pixelforge.data import read_image
+from pixelforge.infer import NonFiniteOutputError, autocast, run_tiled, tile_starts
+
+
+class PointwiseUpscaler(nn.Module):
+    """A per-pixel model (nearest upsampling, then a 1x1 conv): tiling must not change its output at all.
+
+    Records the largest input it saw and, when ``multiple`` > 1, insists on sizes that are multiples of it.
+    """
+
+    def __init__(self, upscale: int = 2, multiple: int = 1, out_chans: int = 3):
+        super().__init__()
+        self.upscale, self.spatial_multiple = upscale, multiple
+        self.proj = nn.Conv2d(3, out_chans, 1)
+        self.largest = (0, 0)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        assert h % self.spatial_multiple == 0 and w % self.spatial_multiple == 0, (h, w)
+        self.largest = max(self.largest, (h, w))
+        return self.proj(F.interpolate(x, scale_factor=self.upscale, mode="nearest"))
+
+
+def test_tile_starts_cover_with_overlap():
+    for size in range(1, 70):
+        for tile, overlap in [(8, 0), (8, 3), (16, 7), (64, 32)]:
+            starts = tile_starts(size, tile, overlap)
+            length = min(tile, size)
+            assert starts[0] == 0 and starts[-1] + length == size
+            assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_pointwise_model_is_unchanged_by_tiling(scale):
+    torch.manual_seed(0)
+    model = PointwiseUpscaler(scale)
+    x = torch.rand(2, 3, 37, 50)
+    ref = model(x).detach()
+    for tile, overlap in [(8, 0), (8, 4), (16, 5), (20, 19), (64, 8)]:
+        out = run_tiled(model, x, tile=tile, overlap=overlap)
+        torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
+    assert torch.equal(run_tiled(model, x), ref)  # whole image: exactly model(x)
+
+
+def test_tiles_are_bounded_and_padded_to_the_spatial_multiple():
+    model = PointwiseUpscaler(2, multiple=8)
+    x = torch.rand(1, 3, 45, 70)
+    ref = model(F.pad(x, (0, 2, 0, 3), mode="reflect"))[..., :90, :140].detach()
+    model.largest = (0, 0)
+    out = run_tiled(model, x, tile=20, overlap=6)  # tile rounded up to 24
+    assert model.largest == (24, 24)
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
+    small = x[..., :2, :3]  # too small to reflect-pad to 8: replicate
+    ref = model(F.pad(small, (0, 5, 0, 6), mode="replicate"))[..., :4, :6].detach()
+    torch.testing.assert_close(run_tiled(model, small), ref)
+
+
+def test_argument_errors():
+    model = PointwiseUpscaler()
+    with pytest.raises(ValueError, match="overlap"):
+        run_tiled(model, torch.rand(1, 3, 8, 8), tile=8, overlap=8)
+    with pytest.raises(ValueError, match="zero-size"):
+        run_tiled(model, torch.rand(1, 3, 0, 8))
+    with pytest.raises(ValueError, match="precision"):
+        run_tiled(model, torch.rand(1, 3, 8, 8), precision="fp8")
+
+
+def test_reduced_precision():
+    torch.manual_seed(0)
+    model = pixelforge.create_model("cfsr_x2", embed_dim=8, depths=(1,)).eval()
+    x = torch.rand(1, 3, 12, 14)
+    ref = run_tiled(model, x)
+    out = run_tiled(model, x, precision="bf16")
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.05
+    with autocast("bf16", "cpu"):
+        assert model.head.upsample[0](torch.rand(1, 8, 4, 4)).dtype == torch.bfloat16
+    overflow = nn.Conv2d(3, 3, 1)
+    nn.init.constant_(overflow.weight, 1e5)
+    with pytest.raises(NonFiniteOutputError, match="fp16.*bf16 or fp32"):  # fp16 overflow is never silent
+        run_tiled(overflow, x, precision="fp16")
+
+
+def test_cfsr_tiled_matches_whole_image():
+    """Released CFSR x4 weights: 64-px tiles with 32 px overlap stay within 1/255 of whole-image inference."""
+    case, _, folder = parity_case("cfsr_official_x4")
+    model = pixelforge.load_official(folder / "checkpoint.pth", "cfsr", case["official"]["kwargs"])
+    x = read_image(DATA / "sr-bench/Set14/x4/img_005_SRF_4_LR.png", channels=3).pixels[None, :, :96, :80]
+    ref = run_tiled(model, x)
+    out = run_tiled(model, x, tile=64, overlap=32)  # 2x2 tiles
+    assert (out - ref).abs().max() < 1 / 255
