@@ -1,0 +1,1 @@
+"""Triton kernels of the shared ops (imported lazily by the dispatch; importing this package imports nothing)."""
