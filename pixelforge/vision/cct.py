@@ -82,7 +82,9 @@ class Tokenizer(nn.Module):
         return r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) → (B, embed_dim, h, w)."""
+        """(B, in_chans, H, W) → (B, embed_dim, h, w), channels-last in memory (faster conv/pool on CPU, and
+        the token layout (B, h·w, C) is then a free view)."""
+        x = x.contiguous(memory_format=torch.channels_last)
         for conv in self.convs:
             x = self.pool(self.act(conv(x)))
         return x
@@ -231,7 +233,7 @@ class CCT(nn.Module):
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.tokenizer(x)
         grid = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
+        x = x.permute(0, 2, 3, 1).flatten(1, 2)  # (B, h·w, C), row-major tokens
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
