@@ -9,6 +9,7 @@ import sys
 # ``func`` set to a callable taking the parsed args and returning an exit code. Imported lazily so --help is fast.
 COMMANDS = {
     "train": "pixelforge.train.cli:add_train_parser",
+    "classify": "pixelforge.infer.classify:add_classify_parser",
     "upscale": "pixelforge.infer.upscale:add_upscale_parser",
     "eval": "pixelforge.infer.evaluate:add_eval_parser",
     "convert": "pixelforge.zoo.cli:add_convert_parser",

@@ -1,4 +1,5 @@
 """Classification training: datasets, the task on the shared loop, exact resume, 2-process accelerate runs."""
+import argparse
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from conftest import REPO
 from pixelforge.data import write_image
 from pixelforge.data.classification import ImageFolderDataset, unpack_archive
+from pixelforge.infer.classify import add_classify_parser
 from pixelforge.train import TASKS
 from pixelforge.train.cls import ClassificationTask
 from pixelforge.train.loop import train
@@ -50,6 +52,12 @@ def _config(tmp_path, data_root, **train):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return _make_folder(tmp_path_factory.mktemp("data") / "train")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, folder):
+    """An uninterrupted 8-step run."""
+    return train(_config(tmp_path_factory.mktemp("straight"), folder))
 
 
 def test_image_folder_and_archive(tmp_path, folder):
@@ -94,8 +102,8 @@ class _Interrupted(ClassificationTask):
         return super().training_step(model, batch)
 
 
-def test_resume_is_exact(tmp_path, folder, monkeypatch):
-    straight = train(_config(tmp_path / "a", folder))
+def test_resume_is_exact(tmp_path, folder, trained, monkeypatch):
+    straight = trained
     monkeypatch.setitem(TASKS, "cls_crash", f"{__name__}:_Interrupted")
     cfg = _config(tmp_path / "b", folder)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -125,3 +133,26 @@ def test_two_cpu_processes(tmp_path, folder):
     assert (run / "checkpoints" / "last").is_dir()
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("eval" in r for r in logs) and max(r.get("step", 0) for r in logs) == 3
+
+
+def _classify(argv):
+    parser = argparse.ArgumentParser()
+    add_classify_parser(parser.add_subparsers())
+    args = parser.parse_args(["classify", *argv])
+    return args.func(args)
+
+
+def test_classify_command(folder, trained, tmp_path, capsys):
+    weights = str(trained / "model.safetensors")
+    images = [str(folder / "bee" / "00.png"), str(folder / "cow" / "01.png")]
+    assert _classify([*images, "--model", "cct_2_3x2_32", "--weights", weights, "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == images[0] and len(lines) == 6
+    assert all(line.split()[1] in CLASSES and line.strip().endswith("%") for line in lines[1:3])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    assert _classify([str(bad), "--model", "cct_2_3x2_32", "--weights", weights]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken.png" in err
+    assert _classify([images[0], "--model", "cct_2_3x2_32", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
