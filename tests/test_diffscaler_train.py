@@ -118,3 +118,34 @@ def test_pretrain_then_adapt_only_task_parameters_change(image_dirs, tmp_path):
         ref = adapted.eval()(x, t, torch.tensor([1, 0]), task_ids=torch.tensor([0, 1])).sample
         assert torch.equal(fresh.transformer(x, t, torch.tensor([1, 0]), task_ids=torch.tensor([0, 1])).sample, ref)
     assert isinstance(pipe, DiffScalerPipeline) and pipe.scheduler.config.num_train_timesteps == 1000
+
+
+def test_latent_space_pretraining_with_a_vae(image_dirs, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from pixelforge.train.diffscaler import DiTTask
+
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                  sample_size=8).save_pretrained(tmp_path / "vae")
+    cfg = {"task": "dit", "vae": str(tmp_path / "vae"),
+           "model": {"name": "dit_micro_2", "args": {**MODEL["args"], "sample_size": 4, "in_channels": 4,
+                                                     "learn_sigma": True}},
+           "data": {"train": {"dir": str(image_dirs / "tree"), "classes": ["a", "b"]}}}
+    task = DiTTask(cfg)
+    model = task.build_model(cfg)
+    train_ds, _ = task.build_datasets(cfg)
+    assert task.size == 8 and train_ds[0]["image"].shape == (3, 8, 8)  # 4x4 latents of a 2x-downsampling VAE
+    batch = torch.utils.data.default_collate([train_ds[i] for i in range(4)])
+    loss, logs = task.training_step(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and "vb" in logs and model.x_embedder.proj.weight.grad is not None
+    task.export(model.eval(), tmp_path / "run" / "model.safetensors", {})
+    pipe = DiffScalerPipeline.from_pretrained(tmp_path / "run" / "pipeline", local_files_only=True)
+    assert pipe.vae is not None and pipe.scheduler.config.variance_type == "learned_range"
+    assert not pipe.scheduler.config.clip_sample
+    pipe.set_progress_bar_config(disable=True)
+    imgs = pipe(class_labels=[1], guidance_scale=2.0, num_inference_steps=2, output_type="pt",
+                generator=torch.Generator().manual_seed(0)).images
+    assert imgs.shape == (1, 3, 8, 8)

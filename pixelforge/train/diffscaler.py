@@ -13,7 +13,7 @@ Config sections read here (the loop reads ``train``, ``optimizer``, ``scheduler`
     vae: null                                                # a diffusers AutoencoderKL folder → latent space
     data:
       archive: ../shared/data/cifar10-jpeg.tar.gz           # optional; `dir` entries are relative to its contents
-      image_size: 32                                         # default: the model's sample_size (×8 with a VAE)
+      image_size: 32                                         # default: sample_size (× the VAE's downsampling)
       hflip: true
       train: SPEC                                           # dit only
       val: SPEC
@@ -219,23 +219,27 @@ class _DiffusionTask(TrainTask):
         self.size: int | None = None  # image size, known once the model is built
 
     def _setup_diffusion(self, model, scheduler_config: dict | None = None) -> None:
+        """The DDPM training schedule (saved with the pipeline, so sampling uses it) and the optional VAE.
+        Predicted x0 is clipped to [-1, 1] in sampling for pixel-space models only."""
         from diffusers import DDPMScheduler
 
-        base = dict(scheduler_config or {"num_train_timesteps": 1000, "beta_schedule": "linear",
-                                         "beta_start": 1e-4, "beta_end": 0.02, "prediction_type": "epsilon",
-                                         "clip_sample": False})
-        base.update(self.cfg.get("diffusion", {}))
-        base["variance_type"] = "learned_range" if model.config.learn_sigma else "fixed_small"
-        self.noise_scheduler = DDPMScheduler.from_config(base)
         if self.cfg.get("vae"):
             from diffusers import AutoencoderKL
 
             self.vae = AutoencoderKL.from_pretrained(str(self.cfg["vae"]), local_files_only=True).eval()
             self.vae.requires_grad_(False)
+        base = dict(scheduler_config or {"num_train_timesteps": 1000, "beta_schedule": "linear",
+                                         "beta_start": 1e-4, "beta_end": 0.02, "prediction_type": "epsilon",
+                                         "clip_sample": self.vae is None})
+        base.update(self.cfg.get("diffusion", {}))
+        base["variance_type"] = "learned_range" if model.config.learn_sigma else "fixed_small"
+        self.noise_scheduler = DDPMScheduler.from_config(base)
 
     def image_size(self, model) -> int:
+        """``data.image_size``, else the model's sample size times the VAE's downsampling factor."""
         size = self.cfg.get("data", {}).get("image_size")
-        return int(size or model.config.sample_size * (8 if self.cfg.get("vae") else 1))
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        return int(size or model.config.sample_size * factor)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
@@ -295,8 +299,8 @@ class DiTTask(_DiffusionTask):
 
         m = cfg["model"]
         model = create_model(m["name"], weights=m.get("weights"), **m.get("args", {}))
-        self.size = self.image_size(model)
         self._setup_diffusion(model)
+        self.size = self.image_size(model)
         return model
 
     def build_datasets(self, cfg: dict):
@@ -332,6 +336,9 @@ class DiffScalerTask(_DiffusionTask):
         model = pipe.transformer
         if model.config.adapter is not None:
             raise ValueError("the base model already carries adapters; start from the pre-trained DiT")
+        if not cfg.get("vae") and pipe.vae is not None:
+            self.vae = pipe.vae.eval().requires_grad_(False)
+        self._setup_diffusion(model, dict(pipe.scheduler.config))
         specs = cfg["tasks"]
         self.task_names = [t["name"] for t in specs]
         self.size = self.image_size(model)
@@ -341,10 +348,11 @@ class DiffScalerTask(_DiffusionTask):
         a = cfg.get("adapter", {})
         model.apply_adapter(a.get("method", "diffscaler"), int(a.get("rank", 8)), tasks)
         model.trainable_task(cfg.get("train_tasks") or self.task_names)
-        model.train()
-        if not cfg.get("vae") and pipe.vae is not None:
-            self.vae = pipe.vae.eval().requires_grad_(False)
-        self._setup_diffusion(model, dict(pipe.scheduler.config))
+        counts = model.parameter_counts()
+        print(f"adapter {model.config.adapter['method']} (rank {model.config.adapter['rank']}): "
+              f"{counts['trainable']:,} trainable parameters = {100 * counts['trainable'] / counts['base']:.2f}% of "
+              f"the {counts['base']:,}-parameter base model (pixelforge DiT layout, shared embedders); "
+              f"{counts['task']:,} per task", flush=True)
         return model
 
     def build_datasets(self, cfg: dict):
