@@ -26,7 +26,7 @@ def _evals(path):
 def test_vqvae_then_var_stages(tmp_path):
     _tree(tmp_path / "data")
     data = {"train_dir": str(tmp_path / "data/train"), "val_dir": str(tmp_path / "data/val"), "preload": True,
-            "hflip": True, "val_limit": 4}
+            "hflip": True, "val_limit": 4, "train_limit": 10}
     vq_args = {"ch": 32, "ch_mult": [1, 2], "vocab_size": 32, "z_channels": 8, "patch_nums": PATCH_NUMS}
     common = {"train": {"batch_size": 4, "total_steps": 3, "eval_every": 3, "log_every": 1, "grad_clip": 1.0,
                         "val_batch_size": 2}, "scheduler": {"name": "constant"}}
@@ -38,6 +38,7 @@ def test_vqvae_then_var_stages(tmp_path):
     assert 0 < ev["psnr"] < 60 and set(ev) >= {"psnr_2_scales", "usage_s0", "usage_s3"}
     logs = [json.loads(line) for line in (out1 / "metrics.jsonl").read_text().splitlines()]
     assert logs[0]["reseeded"] == 32  # the codebook is seeded from encoder outputs before the first pass
+    assert logs[1]["reseeded"] == 0  # ... and every code starts with a grace period
 
     stage2 = {"task": "var", "output_dir": str(tmp_path / "var"), "data": data,
               "model": {"name": "var_d6_32", "args": {"vocab_size": 32, "Cvae": 8, "num_classes": 2, "depth": 1,
@@ -47,7 +48,9 @@ def test_vqvae_then_var_stages(tmp_path):
                        "fd": {"classifier": "resnet10t", "args": {"num_classes": 2}}},
               "optimizer": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.95]}, **common}
     out2 = train(stage2)
-    assert len(list((out2 / "tokens").glob("train-*.pt"))) == 2  # plain and flipped tokens, cached
+    cached = sorted((out2 / "tokens").glob("train-*.pt"))
+    assert len(cached) == 2  # plain and flipped tokens of the 10 training images (train_limit), cached
+    assert torch.load(cached[0]).shape == (10, sum(p * p for p in PATCH_NUMS))
     ev = _evals(out2 / "metrics.jsonl")[-1]
     assert {f"acc_s{s}" for s in range(4)} <= set(ev) and 0 <= ev["acc"] <= 1 and ev["loss"] > 0
     assert ev["FD-resnet10t"] >= 0

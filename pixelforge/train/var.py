@@ -9,7 +9,8 @@ Config sections read here (the loop reads ``train``, ``optimizer``, ``scheduler`
       val_dir: cifar10/test
       preload: true                                 # decode every image into memory once
       hflip: true                                   # random horizontal flips
-      val_limit: 1000                               # evaluate on the first N validation images (spread over classes)
+      val_limit: 1000                               # evaluate on N validation images (class-balanced subset)
+      train_limit: null                             # train on N images only (quick checks)
 
     # stage 1 (task: var_vqvae)
     model: {name: var_vqvae_f4_32, args: {}}
@@ -86,7 +87,7 @@ def _image_datasets(cfg: dict) -> tuple[_Images, _Images | None]:
     if d.get("val_dir"):
         val_base = ImageFolderDataset(base / d["val_dir"], _to_tensor, classes=train.classes, preload=preload)
         val = _Images(val_base, indices=_spread(val_base.targets, d.get("val_limit")))
-    return _Images(train, hflip=bool(d.get("hflip", True))), val
+    return _Images(train, bool(d.get("hflip", True)), _spread(train.targets, d.get("train_limit"))), val
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -104,9 +105,9 @@ class VQVAETask(TrainTask):
     """Stage 1: the multi-scale VQ-VAE on images in [-1, 1].
 
     Loss = l1·|x̂ − x| + l2·(x̂ − x)² + vq·(codebook + β·commitment, averaged over scales) [+ perceptual·VGG].
-    The codebook starts from encoder outputs of the first batch (``init_from_data``); codes whose usage EMA falls
-    below ``restart_below`` of the mean usage are re-seeded from encoder outputs of the current batch
-    (``restart_dead``). Usage is the quantiser's ``ema_vocab_hit_SV`` buffer, so the decisions depend only on the
+    The codebook starts from encoder outputs of the first batch (``init_from_data``); codes whose usage EMA (decay
+    0.99, starting from the uniform share) falls below ``restart_below`` of the mean usage are re-seeded from encoder
+    outputs of the current batch (``restart_dead``) and get the mean usage back as a grace period. Usage is the quantiser's ``ema_vocab_hit_SV`` buffer, so the decisions depend only on the
     checkpointed model state and RNG, and resuming stays exact.
     """
 
@@ -147,7 +148,11 @@ class VQVAETask(TrainTask):
             f = _unwrap(model).encode(x).float().permute(0, 2, 3, 1).reshape(-1, quant.dim)
             pick = torch.randint(0, f.shape[0], (len(rows),), device=f.device)
             quant.embedding.weight[rows] = f[pick] + 1e-3 * f.std() * torch.randn_like(f[pick])
-            quant.ema_vocab_hit_SV[:, rows] = usage.mean() / quant.num_scales
+            if usage.sum() == 0:  # every code starts with the uniform share of hits, i.e. a grace period
+                hits = torch.tensor([x.shape[0] * p * p / quant.vocab_size for p in quant.patch_nums])
+                quant.ema_vocab_hit_SV.copy_(hits.to(usage).unsqueeze(1).expand_as(quant.ema_vocab_hit_SV))
+            else:
+                quant.ema_vocab_hit_SV[:, rows] = usage.mean() / quant.num_scales
         return len(rows)
 
     def training_step(self, model: nn.Module, batch):
