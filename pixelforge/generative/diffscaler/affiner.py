@@ -1,4 +1,4 @@
-"""The DiffScaler Affiner: per-task scale, shift and low-rank ReLU branch on frozen ``nn.Linear`` / ``nn.Conv2d`` layers.
+"""The DiffScaler Affiner: per-task scale, shift and low-rank ReLU branch on frozen ``nn.Linear``/``nn.Conv2d``.
 
 For a frozen layer with weight W and bias b̂, task t computes (specs/diffscaler.md §4.1)::
 
@@ -232,7 +232,8 @@ class AffinerLinear(Affiner):
 
 class AffinerConv2d(Affiner):
     """Affiner on an ``nn.Conv2d`` (groups 1, zero padding): down is a conv with the layer's kernel, stride,
-    padding and dilation (in → r), up a 1x1 conv (r → out); a and b broadcast over H×W. (B, in, H, W) → (B, out, H', W')."""
+    padding and dilation (in → r), up a 1x1 conv (r → out); a and b broadcast over H×W.
+    (B, in, H, W) → (B, out, H', W')."""
 
     def __init__(self, layer: nn.Conv2d, num_tasks: int, cfg: AffinerConfig):
         if layer.groups != 1 or layer.padding_mode != "zeros":

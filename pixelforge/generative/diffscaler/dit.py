@@ -11,7 +11,8 @@ embedder copy inside every block). Two quirks of the diffusers layout are reprod
 ``mlp_norm_eps`` (diffusers' MLP LayerNorm uses ``norm_eps``, 1e-5 by default, the official 1e-6). When the per-block
 embedder copies differ (a model trained in diffusers' layout) ``block_embedders=True`` keeps one per block.
 
-A DiT may carry task adapters (``adapter`` + ``tasks`` in its config): see :mod:`.affiner` and :meth:`DiT.apply_adapter`.
+A DiT may carry task adapters (``adapter`` + ``tasks`` in its config): see :mod:`.affiner` and
+:meth:`DiT.apply_adapter`.
 The registered names (``dit_xl_2``, ``dit_tiny_4``...) live in :mod:`.models`, which does not import diffusers.
 """
 from __future__ import annotations
@@ -266,7 +267,8 @@ class DiT(ModelMixin, ConfigMixin):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
@@ -333,14 +335,13 @@ class DiT(ModelMixin, ConfigMixin):
         if task_ids is not None and n_tasks == 0:
             raise ValueError("task_ids given but this DiT has no task adapters")
         aff.set_task_routing(self, task_ids if n_tasks else None)
-        nulls = self._null_labels(task_ids, b, x.device) if (class_labels is None or self.training) else None
+        drop = self.config.class_dropout_prob if self.training else 0.0
         if class_labels is None:
-            y = nulls
+            y = self._null_labels(task_ids, b, x.device)
         else:
             y = class_labels.to(x.device).long()
-            drop = self.config.class_dropout_prob
-            if self.training and drop > 0:
-                y = torch.where(torch.rand(b, device=x.device) < drop, nulls, y)
+            if drop > 0:
+                y = torch.where(torch.rand(b, device=x.device) < drop, self._null_labels(task_ids, b, x.device), y)
 
         pos = self.pos_embed
         if (h // p, w // p) != (self.config.sample_size // p,) * 2:
@@ -384,7 +385,8 @@ class DiT(ModelMixin, ConfigMixin):
         tasks = [dict(name=str(t["name"]), num_classes=int(t["num_classes"])) for t in (tasks or [])]
         if method == "full" and len(tasks) > 1:
             raise ValueError("full fine-tuning changes the shared weights: one task per model")
-        adapter = {"method": method, "rank": int(rank), "rules": rules if rules is not None else method_rules(method, rank)}
+        rules = rules if rules is not None else method_rules(method, rank)
+        adapter = {"method": method, "rank": int(rank), "rules": rules}
         self._build_adapter(adapter, tasks)
         self.register_to_config(adapter=adapter, tasks=tasks)
         return self
