@@ -155,9 +155,10 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
     try:
         jobs = _collect_jobs(args.inputs, args.output)
         device = resolve_device(args.device)
+        if args.tile < 0 or not 0 <= args.tile_overlap < (args.tile or 1 << 62):
+            raise CommandError(f"need --tile >= 0 and --tile-overlap in [0, --tile), got --tile {args.tile} and "
+                               f"--tile-overlap {args.tile_overlap}")
         tile = args.tile or None
-        if tile is not None and not 0 <= args.tile_overlap < tile:
-            raise CommandError(f"--tile-overlap must be in [0, --tile), got {args.tile_overlap} with --tile {tile}")
         model = load_model(args.model, args.weights, device, args.default_model)
         for folder in {dst.parent for _, dst in jobs}:
             try:
@@ -180,6 +181,8 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
             image = read_image(src)
             result = process_image(model, image, tile, args.tile_overlap, args.precision, device)
             write_image(dst, result.pixels, result.alpha, result.bit_depth)
+            if len(jobs) == 1:
+                print(f"wrote {dst} ({result.pixels.shape[-1]}x{result.pixels.shape[-2]})")
         except (CommandError, ImageIOError, NonFiniteOutputError) as exc:
             message = one_line(exc)
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory, or a model that rejects the input size
@@ -190,7 +193,7 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
         bar.write(f"pixelforge {command}: error: {message}", file=sys.stderr)
     if len(jobs) > 1:
         done = len(jobs) - len(failures)
-        print(f"{command}: wrote {done} of {len(jobs)} images to {Path(args.output)}", file=sys.stderr)
+        print(f"wrote {done} of {len(jobs)} images to {Path(args.output)}")
         if failures:
             print(f"pixelforge {command}: {len(failures)} failed: {', '.join(map(str, failures))}", file=sys.stderr)
     return 1 if failures else 0

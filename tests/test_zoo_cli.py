@@ -1,0 +1,56 @@
+"""`pixelforge convert` (official checkpoint → our safetensors) and `pixelforge models`."""
+import pytest
+import torch
+from safetensors import safe_open
+
+import pixelforge
+from conftest import parity_case
+from pixelforge.cli import main
+
+
+def test_convert_official_checkpoint(tmp_path, capsys):
+    case, io, folder = parity_case("cfsr_official_x4")
+    out = tmp_path / "cfsr_x4.safetensors"
+    assert main(["convert", "cfsr_x4", str(folder / "checkpoint.pth"), "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["pixelforge_model"] == "cfsr_x4"
+        assert all(k.startswith(("backbone.", "head.")) for k in f.keys())
+    converted = pixelforge.create_model("cfsr_x4", weights=out).eval()
+    official = pixelforge.load_official(folder / "checkpoint.pth", "cfsr", case["official"]["kwargs"])
+    x = io["input"][..., :24, :20]
+    with torch.no_grad():
+        assert torch.equal(converted(x), official(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["cfsr_x4.safetensors"]  # no temporary file left
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cfsr_x2", "{ckpt}", "-o", "{tmp}/x.safetensors"], "shape mismatch"),
+    (["cfsr_x9", "{ckpt}", "-o", "{tmp}/x.safetensors"], "unknown model 'cfsr_x9'"),
+    (["cfsr_x4", "{tmp}/none.pth", "-o", "{tmp}/x.safetensors"], "checkpoint not found"),
+    (["cfsr_x4", "{ckpt}", "-o", "{tmp}/x.pth"], "must be a .safetensors file"),
+])
+def test_convert_errors(tmp_path, capsys, argv, message):
+    _, _, folder = parity_case("cfsr_official_x4")
+    argv = [a.format(ckpt=folder / "checkpoint.pth", tmp=tmp_path) for a in argv]
+    assert main(["convert", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pixelforge convert: error:") and message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_models_lists_the_zoo(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PIXELFORGE_HOME", str(tmp_path))
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "cfsr_x2.safetensors").write_bytes(b"")
+    assert main(["models", "cfsr"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert rows[0] == ["model", "default", "weights"]
+    status = dict(rows[1:])
+    assert set(status) == set(pixelforge.list_models("*cfsr*"))
+    assert status["cfsr_x2"] == "$PIXELFORGE_HOME" and status["cfsr_x3"] == "-"
+    assert status["cfsr_x4"] in ("bundled", "missing")
+    assert main(["models", "cfsr_x?"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
+    assert main(["models", "no_such_model*"]) == 1
+    assert "no model matches 'no_such_model*'" in capsys.readouterr().err
