@@ -130,7 +130,8 @@ def test_local_vgg_file_is_used(tmp_home):
         feats = VGG19Features(("relu1_1",))
         loss = VGGPerceptualLoss()
     assert feats.pretrained and feats.features[0].weight.dtype == torch.float32
-    torch.testing.assert_close(feats.features[0].weight, ckpt["vgg19_features_random_fp16"]["features.0.weight"].float())
+    stored = ckpt["vgg19_features_random_fp16"]["features.0.weight"]
+    torch.testing.assert_close(feats.features[0].weight, stored.float())
     x = torch.rand(1, 3, 32, 32)
     assert loss(x, x).item() == 0 and loss(x, x.flip(-1)).item() > 0
 

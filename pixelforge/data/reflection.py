@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -115,9 +115,6 @@ class ReflectionSynthesis:
             raise ValueError(f"unknown synthesis parameters {unknown}; known: {sorted(known)}")
         return replace(SYNTHESIS_PRESETS[preset], **{k: tuple(v) if isinstance(v, list) else v
                                                      for k, v in cfg.items()})
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def _vignette(self, h: int, w: int, generator: torch.Generator | None) -> torch.Tensor:
         s = _uniform(self.vignette_sigma, generator) * max(h, w)

@@ -139,10 +139,9 @@ class VGG19Features(nn.Module):
 
     @torch.no_grad()
     def _random_init(self) -> None:
-        gen = torch.Generator().manual_seed(RANDOM_SEED)
-        for conv in self._convs():
-            fan_in = conv.weight[0].numel()
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+        weights = _random_weights(len(self._convs()))
+        for conv, w in zip(self._convs(), weights):
+            conv.weight.copy_(w)
             conv.bias.zero_()
         self.pretrained, self.source = False, f"random (seed {RANDOM_SEED})"
 
@@ -187,6 +186,20 @@ class VGG19Features(nn.Module):
 
 
 _RANDOM_WARNED = False
+_RANDOM_CACHE: list[torch.Tensor] = []
+
+
+def _random_weights(n: int) -> list[torch.Tensor]:
+    """The first ``n`` conv weights of the fixed-seed random VGG-19, N(0, 2/fan_in), generated once per process.
+
+    Conv k's weights do not depend on how many convs are built, so every instance shares one sequence.
+    """
+    if len(_RANDOM_CACHE) < n:
+        gen = torch.Generator().manual_seed(RANDOM_SEED)
+        _RANDOM_CACHE.clear()
+        for _, cin, cout in _CONVS[:n]:
+            _RANDOM_CACHE.append(torch.randn(cout, cin, 3, 3, generator=gen) * (2.0 / (cin * 9)) ** 0.5)
+    return _RANDOM_CACHE[:n]
 
 
 def _warn_random(purpose: str) -> None:

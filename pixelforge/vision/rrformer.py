@@ -314,7 +314,8 @@ _RRFORMER_HEAD = dict(head="restore", kernel_size=1, residual=False, act="relu")
 
 def _create_rrformer(variant: str, pretrained: bool = False, **kwargs) -> DenseImageModel:
     bb_args = {k: kwargs.pop(k) for k in _BACKBONE_KEYS if k in kwargs}
-    if kwargs.get("head", "restore") in ("restore", "dereflect") and not {"kernel_size", "residual", "act"} & set(kwargs):
+    head_args_given = {"kernel_size", "residual", "act"} & set(kwargs)
+    if kwargs.get("head", "restore") in ("restore", "dereflect") and not head_args_given:
         kwargs = {**_RRFORMER_HEAD, **kwargs}
     kwargs.setdefault("rgb_mean", None)
 
