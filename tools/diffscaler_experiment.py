@@ -251,8 +251,8 @@ def main(argv=None) -> int:
         for t in tasks:
             run = runs[(method, "*")] if method == "diffscaler-joint" else runs[(method, t["name"])]
             pipe = load_pipeline(run / "pipeline", scheduler="ddim", device=args.device)
-            counts = pipe.transformer.parameter_counts()
-            trainable = (counts["base"] + counts["task"]) if method == "full" else counts["task"]
+            pipe.transformer.trainable_task(t["name"])  # what training this task updated (all weights for full)
+            trainable = pipe.transformer.parameter_counts()["trainable"]
             log(f"evaluating {method} on {t['name']}")
             per_task[t["name"]] = evaluate(pipe, t["name"], t["name"])
         rows.append((method, trainable, per_task))

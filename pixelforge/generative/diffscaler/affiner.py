@@ -15,6 +15,7 @@ activation, fixed s = α/r, no scale or shift). Rules map module-name patterns t
 from __future__ import annotations
 
 import contextlib
+import math
 import fnmatch
 import json
 from collections.abc import Iterator, Sequence
@@ -125,7 +126,7 @@ class AffinerTask(nn.Module):
         if cfg.shift:
             self.b = nn.Parameter(torch.zeros(out_features, **kw))
         if cfg.rank > 0:
-            fan_in = int(torch.tensor(down_shape[1:]).prod())
+            fan_in = math.prod(down_shape[1:])
             self.down = nn.Parameter(torch.randn(down_shape, **kw) * fan_in ** -0.5)
             self.up = nn.Parameter(torch.zeros(up_shape, **kw))
             if cfg.branch_scale is None:
