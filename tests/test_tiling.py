@@ -44,7 +44,7 @@ def test_pointwise_model_is_unchanged_by_tiling(scale):
     model = PointwiseUpscaler(scale)
     x = torch.rand(2, 3, 37, 50)
     ref = model(x).detach()
-    for tile, overlap in [(8, 0), (8, 4), (16, 5), (20, 19), (64, 8)]:
+    for tile, overlap in [(8, 0), (8, 4), (16, 5), (20, 13), (64, 8)]:
         out = run_tiled(model, x, tile=tile, overlap=overlap)
         torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
     assert torch.equal(run_tiled(model, x), ref)  # whole image: exactly model(x)

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.image_io import (IMAGE_SUFFIXES, LUMA_BT601, ImageData, ImageIOError, list_image_files, read_image,
                              write_image)
 from ..zoo import CheckpointError, create_model
-from .precision import PRECISIONS, NonFiniteOutputError, resolve_device
+from .precision import PRECISIONS, resolve_device
 from .tiling import run_tiled
 
 __all__ = ["add_image_to_image_arguments", "run_image_to_image", "process_image", "load_model",
@@ -73,11 +73,12 @@ def _trained_model(weights: str | None) -> tuple[str, dict] | None:
 
 
 def load_model(name: str | None, weights: str | None, device: torch.device,
-               default: str | None = None) -> nn.Module:
+               default: str | None = None, model_args: dict | None = None) -> nn.Module:
     """Build a registered model with ``weights`` (or its pretrained default), in eval mode on ``device``.
 
     A weights file written by ``pixelforge train`` carries its model name and hyper-parameters; they are used when
     ``name`` is None or the same model. Otherwise ``name`` (or ``default``) is built with its registered config.
+    ``model_args`` (a command's own options, e.g. dereflect's ``vgg_weights``) are passed to the constructor last.
     Raises:
         CommandError with a one-line message (unknown model, no weights, weights that do not fit...).
     """
@@ -86,6 +87,7 @@ def load_model(name: str | None, weights: str | None, device: torch.device,
     if trained is not None and name in (None, trained[0]):
         name, args = trained
     name = name or default
+    args.update(model_args or {})
     if name is None:
         raise CommandError("--model is required (the weights file does not name its model)")
     try:
@@ -155,11 +157,11 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
     try:
         jobs = _collect_jobs(args.inputs, args.output)
         device = resolve_device(args.device)
-        if args.tile < 0 or not 0 <= args.tile_overlap < (args.tile or 1 << 62):
+        if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
             raise CommandError(f"need --tile >= 0 and --tile-overlap in [0, --tile), got --tile {args.tile} and "
                                f"--tile-overlap {args.tile_overlap}")
         tile = args.tile or None
-        model = load_model(args.model, args.weights, device, args.default_model)
+        model = load_model(args.model, args.weights, device, args.default_model, getattr(args, "model_args", None))
         for folder in {dst.parent for _, dst in jobs}:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -183,9 +185,9 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
             write_image(dst, result.pixels, result.alpha, result.bit_depth)
             if len(jobs) == 1:
                 print(f"wrote {dst} ({result.pixels.shape[-1]}x{result.pixels.shape[-2]})")
-        except (CommandError, ImageIOError, NonFiniteOutputError) as exc:
+        except (CommandError, ImageIOError) as exc:  # their messages name the file
             message = one_line(exc)
-        except (RuntimeError, ValueError) as exc:  # e.g. out of memory, or a model that rejects the input size
+        except (RuntimeError, ValueError) as exc:  # NaN/inf output, out of memory, a model rejecting the size...
             message = f"{src}: {one_line(exc)}" + ("; try a smaller --tile" if "memory" in str(exc) else "")
         else:
             continue
