@@ -44,7 +44,8 @@ def test_batch_continues_past_bad_inputs(tmp_path, trained, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["gray16.png", "photo.png", "rgba.png"]  # nothing partial
     assert any("broken.png" in line for line in err) and any("missing.png: no such file" in line for line in err)
     assert any("empty.jpg: empty file" in line for line in err)
-    assert err[-1].startswith("pixelforge dereflect: 3 of 6 images failed")
+    assert err[-1].startswith("pixelforge dereflect: 3 failed:") and "broken.png" in err[-1]
+    assert not any("Warning" in line for line in err)  # warnings, if any, are one-line notices
     with torch.no_grad():
         expected = model(read_image(good).pixels[None])[0].clamp(0, 1)
     got = read_image(out / "photo.png").pixels
@@ -58,22 +59,23 @@ def test_tiled_run_matches_whole_image_inside_tiles(tmp_path, trained, capsys):
     model, weights = trained
     write_image(tmp_path / "wide.png", torch.rand(3, 64, 150))
     assert main(["dereflect", str(tmp_path / "wide.png"), "-o", str(tmp_path / "o"), "--weights", str(weights),
-                 "--tile", "64", "--overlap", "16"]) == 0
+                 "--tile", "64", "--tile-overlap", "16"]) == 0
     tiled = read_image(tmp_path / "o" / "wide.png").pixels
     with torch.no_grad():
         first_tile = model(read_image(tmp_path / "wide.png").pixels[None, :, :, :64])[0].clamp(0, 1)
     # away from the blended seam, the output is the first tile's own output
     assert (tiled[:, :, :48] - first_tile[:, :, :48]).abs().max() <= 0.5 / 255 + 1e-6
-    assert "wide.png ->" in capsys.readouterr().out
+    assert "wrote" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "nope"], "unknown model 'nope'"),
     (["--model", "rrformer"], "'rrformer' has no pretrained weights"),
     (["--model", "cfsr_dereflect", "--vgg-weights", "{w}"], "--vgg-weights applies to RRFormer models only"),
-    (["--weights", "{d}/none.safetensors"], "weights file not found"),
+    (["--vgg-weights", "{d}/vgg19.pth"], "VGG-19 weights file not found"),
+    (["--weights", "{d}/none.safetensors"], "checkpoint not found"),
     (["--model", "cfsr_dereflect", "--weights", "{w}"], "do not fit"),
-    (["--weights", "{w}", "--tile", "32", "--overlap", "32"], "need 0 <= --overlap < --tile"),
+    (["--weights", "{w}", "--tile", "32", "--tile-overlap", "32"], "--tile-overlap in [0, --tile)"),
 ])
 def test_command_errors_are_one_line(tmp_path, trained, capsys, argv, message):
     _, weights = trained
@@ -81,5 +83,24 @@ def test_command_errors_are_one_line(tmp_path, trained, capsys, argv, message):
     argv = [a.format(w=weights, d=tmp_path) for a in argv]
     code = main(["dereflect", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *argv])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and message in err[0] and err[0].startswith("pixelforge dereflect: error:")
+    assert code == 1 and len(err) == 1 and message in err[0] and err[0].startswith("pixelforge dereflect: error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_vgg_weights_option_and_random_vgg_notice(tmp_path, trained, capsys, monkeypatch):
+    _, weights = trained
+    write_image(tmp_path / "a.png", torch.rand(3, 40, 40))
+    monkeypatch.setattr(vgg_module, "_RANDOM_WARNED", False)
+    assert main(["dereflect", str(tmp_path / "a.png"), "-o", str(tmp_path / "o1"), "--weights", str(weights)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pixelforge dereflect: warning:") and "RANDOMLY INITIALISED" in err[0]
+    monkeypatch.setattr(vgg_module, "_RANDOM_WARNED", False)
+    vgg = {}  # torchvision layout, the 13 convs up to conv5_1
+    for idx, cin, cout in vgg_module._CONVS[:13]:
+        vgg[f"features.{idx}.weight"] = torch.randn(cout, cin, 3, 3) * 0.05
+        vgg[f"features.{idx}.bias"] = torch.zeros(cout)
+    torch.save(vgg, tmp_path / "vgg19.pth")
+    assert main(["dereflect", str(tmp_path / "a.png"), "-o", str(tmp_path / "o2"), "--weights", str(weights),
+                 "--vgg-weights", str(tmp_path / "vgg19.pth")]) == 0
+    assert capsys.readouterr().err == ""
+    assert not torch.equal(read_image(tmp_path / "o1" / "a.png").pixels, read_image(tmp_path / "o2" / "a.png").pixels)
