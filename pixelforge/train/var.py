@@ -107,8 +107,9 @@ class VQVAETask(TrainTask):
     Loss = l1·|x̂ − x| + l2·(x̂ − x)² + vq·(codebook + β·commitment, averaged over scales) [+ perceptual·VGG].
     The codebook starts from encoder outputs of the first batch (``init_from_data``); codes whose usage EMA (decay
     0.99, starting from the uniform share) falls below ``restart_below`` of the mean usage are re-seeded from encoder
-    outputs of the current batch (``restart_dead``) and get the mean usage back as a grace period. Usage is the quantiser's ``ema_vocab_hit_SV`` buffer, so the decisions depend only on the
-    checkpointed model state and RNG, and resuming stays exact.
+    outputs of the current batch (``restart_dead``) and get the mean usage back as a grace period. Usage is the
+    quantiser's ``ema_vocab_hit_SV`` buffer, so the decisions depend only on the checkpointed model state and RNG,
+    and resuming stays exact.
     """
 
     main_metric = "psnr"

@@ -70,7 +70,7 @@ def _labels(var: VAR, batch_size: int, labels, generator, device) -> torch.Tenso
         uniform = torch.full((1, var.num_classes), 1.0 / var.num_classes, dtype=torch.float32, device=device)
         return torch.multinomial(uniform, batch_size, replacement=True, generator=generator).reshape(batch_size)
     if isinstance(labels, int):
-        return torch.full((batch_size,), var.num_classes if labels < 0 else labels, device=device)
+        labels = torch.full((batch_size,), var.num_classes if labels < 0 else labels, device=device)
     labels = torch.as_tensor(labels, device=device).long()
     if labels.shape != (batch_size,):
         raise ValueError(f"labels must have shape ({batch_size},), got {tuple(labels.shape)}")
