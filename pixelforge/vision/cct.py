@@ -17,8 +17,6 @@ The official ``*_sine`` factories silently build a learnable, randomly initialis
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
