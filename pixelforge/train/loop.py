@@ -6,7 +6,7 @@ does everything else. Config sections it reads (all optional but ``task``):
     seed: 0
     output_dir: runs/NAME
     train: {batch_size, num_workers, total_steps | epochs, eval_every, checkpoint_every, log_every, grad_clip,
-            mixed_precision: no|bf16|fp16, ema_decay, max_minutes, resume: true}
+            mixed_precision: no|bf16|fp16, ema_decay, ema_warmup: true, max_minutes, resume: true}
     optimizer: {name: adamw, lr, weight_decay, ...}      (timm.optim.create_optimizer_v2)
     scheduler: {name: cosine|constant, warmup_steps, warmup_lr, min_lr}
 """
@@ -181,7 +181,8 @@ def train(cfg: dict) -> Path:
     accelerator.register_for_checkpointing(scheduler, counter)
     ema = None
     if tcfg.get("ema_decay"):
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=float(tcfg["ema_decay"]))
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=float(tcfg["ema_decay"]),
+                         use_warmup=bool(tcfg.get("ema_warmup", True)))
         accelerator.register_for_checkpointing(ema)
 
     ckpt_dir = out / "checkpoints" / "last"
