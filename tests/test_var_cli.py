@@ -10,7 +10,8 @@ from pixelforge.data.image_io import read_image
 from pixelforge.generative.cli import make_grid
 from pixelforge.zoo import save_weights
 
-SMALL = {"depth": 1, "embed_dim": 64, "num_heads": 2}
+# scales other than the tokenizer's registered ones: generate hands the transformer's scales to the tokenizer
+SMALL = {"depth": 1, "embed_dim": 64, "num_heads": 2, "patch_nums": [1, 2, 4, 8]}
 
 
 @pytest.fixture

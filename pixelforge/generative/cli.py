@@ -96,8 +96,9 @@ def _load_var(args, device: torch.device):
     if vq_name is None:
         raise ValueError(f"no tokenizer known for '{args.model}'; pass --vae-model and --vae-weights")
     vq_weights = _weights_file(vq_name, vq_weights, "--vae-weights")
-    vq_args = vq_cfg.get("args", {}) if vq_name == vq_cfg.get("name") else {}
     var = create_model(args.model, weights=weights, **model_args)
+    # the scales are the transformer's (the released tokenizer serves the 256² and the 512² patch_nums alike)
+    vq_args = {"patch_nums": var.patch_nums, **(vq_cfg.get("args", {}) if vq_name == vq_cfg.get("name") else {})}
     vqvae = create_model(vq_name, weights=vq_weights, **vq_args)
     return var.to(device).eval(), vqvae.to(device).eval()
 
