@@ -12,13 +12,11 @@ from .dense import DenseImageModel
 
 __all__: list[str] = []
 
-_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-
-
 def _create_dereflect(variant: str, base: str, pretrained: bool = False, **kwargs) -> DenseImageModel:
-    """``base`` (a registered SR model) with the restoration head; ``pretrained`` reads ``default_cfgs[variant]``."""
-    for key in _TIMM_KWARGS:
-        kwargs.pop(key, None)
+    """``base`` (a registered SR model) with the restoration head; ``pretrained`` reads ``default_cfgs[variant]``.
+
+    timm's factory arguments in ``kwargs`` travel on to the base factory, which drops them.
+    """
     weights = kwargs.pop("weights", None)
     if weights is None and pretrained:
         file = default_cfgs[variant].get("file")
