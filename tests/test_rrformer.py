@@ -144,3 +144,18 @@ def test_bad_vgg_weights_are_named(tmp_home):
         VGG19Features(("relu1_1",), weights={"conv.weight": torch.zeros(1)})
     with pytest.raises(FileNotFoundError, match="perceptual loss needs VGG-19 weights"):
         VGGPerceptualLoss()  # $PIXELFORGE_HOME is empty
+
+
+@pytest.mark.parametrize("name, args", [
+    ("cfsr_dereflect", dict(embed_dim=8, depths=(1,))),
+    ("hat_s_dereflect", dict(embed_dim=12, depths=(1,), num_heads=2, window_size=8, compress_ratio=3,
+                             squeeze_factor=4)),
+    ("craft_dereflect", dict(embed_dim=32, depths=(1,), num_heads=2, split_size_0=4, split_size_1=8)),
+])
+def test_sr_backbones_as_dereflection_models(name, args):
+    model = pixelforge.create_model(name, **args).eval()
+    assert model.upscale == 1 and model.head.residual  # restoration head: input + correction
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 19, 27)).shape == (1, 3, 19, 27)
+    with pytest.raises(FileNotFoundError, match="no pretrained weights"):
+        pixelforge.create_model(name, pretrained=True, **args)
