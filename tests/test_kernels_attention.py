@@ -121,13 +121,19 @@ def test_gradients_match_naive(bias_grad, mask):
         torch.testing.assert_close(got.grad.double(), exp.grad, atol=5e-5, rtol=1e-4)
 
 
-def test_mask_gradient():
-    q, k, v, b, _ = make(1, 2, 2, 6, 7, 8, mask=None)
-    m = torch.randn(2, 6, 7, requires_grad=True)
-    m_ref = m.detach().double().requires_grad_(True)
-    attention(q, k, v, bias=b, mask=m).sum().backward()
-    naive(q, k, v, b, m_ref).sum().backward()
-    torch.testing.assert_close(m.grad.double(), m_ref.grad, atol=2e-5, rtol=1e-4)
+@pytest.mark.parametrize("mask_windows", [None, 1])
+def test_trainable_bias_and_mask_in_window_groups(monkeypatch, mask_windows):
+    monkeypatch.setattr(attn_mod, "_MASK_GROUP_ELEMS", 2 * 6 * 7 * 3)  # backward in groups of 3 (b, w) rows
+    q, k, v, b, m = make(2, 4, 2, 6, 7, 8, mask="inf", mask_windows=mask_windows, seed=4)
+    m = torch.where(torch.isinf(m), -4.0, m) + torch.randn(m.shape, generator=torch.Generator().manual_seed(0))
+    m[0, 2] = NEG  # a fully masked row among trainable finite entries
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, b, m)]
+    refs = [t.double().requires_grad_(True) for t in (q, k, v, b, m)]
+    gout = torch.randn(2, 4, 2, 6, 8, generator=torch.Generator().manual_seed(1))
+    (attention(*leaves[:3], bias=leaves[3], mask=leaves[4]) * gout).sum().backward()
+    (naive(*refs[:3], bias=refs[3], mask=refs[4]) * gout.double()).sum().backward()
+    for name, got, exp in zip(["q", "k", "v", "bias", "mask"], leaves, refs):
+        torch.testing.assert_close(got.grad.double(), exp.grad, atol=5e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("bias_grad", [True, False])

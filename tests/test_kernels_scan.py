@@ -1,4 +1,9 @@
 """Selective scan (PyTorch path): official fixtures, a sequential reference, gradcheck, layouts, dtypes, errors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,13 +12,13 @@ from conftest import parity_case
 from pixelforge.kernels import scan as scan_mod
 from pixelforge.kernels import selective_scan, use_backend
 
-FIXTURES = [("selective_scan", None), ("selective_scan_long", None)]
+FIXTURES = ["selective_scan", "selective_scan_long"]
 
 
 def _cases():
     out = []
-    for folder, _ in FIXTURES:
-        case, io, _ = parity_case(folder)
+    for folder in FIXTURES:
+        case, _, _ = parity_case(folder)
         out += [(folder, c["name"]) for c in case["cases"]]
     return out
 
@@ -207,3 +212,13 @@ def test_backend_selection(monkeypatch):
         _call(inp)
     with use_backend("auto"):  # the context manager wins over the environment; CPU tensors run the torch path
         torch.testing.assert_close(_call(inp), ref)
+
+
+def test_import_is_quiet_and_lazy():
+    code = ("import sys, warnings; warnings.simplefilter('error'); import pixelforge.kernels as k; "
+            "assert not [m for m in sys.modules if m.startswith('pixelforge.kernels.triton')], 'kernels imported'; "
+            "print(k.get_backend())")
+    env = {key: val for key, val in os.environ.items() if key != "PIXELFORGE_KERNELS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "auto" and not proc.stderr, proc.stderr

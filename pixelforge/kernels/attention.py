@@ -5,8 +5,11 @@ PyTorch paths:
   (on CPU the flash kernel, which never forms the (N, N) matrix and broadcasts a mask by stride). The bias
   (H, Nq, Nk) and the mask (W, Nq, Nk) are passed as broadcast views; only when both are present over several
   windows are they summed, a bounded group of windows at a time and once for the whole batch.
-- explicit path (:func:`attention_reference`): scores, softmax and weighted sum written out in float32; used when
-  the bias or the mask needs a gradient, and as the reference in tests and benchmarks.
+- when the bias or the mask needs a gradient (trainable relative-position bias), the forward is the fast path and
+  a custom backward recomputes the probabilities a bounded group of windows at a time (float32) to form dq, dk, dv
+  and the bias / mask gradients, so no (B·W, H, Nq, Nk) tensor is kept between forward and backward.
+- explicit path (:func:`attention_reference`): scores, softmax and weighted sum written out in float32, the
+  reference in tests and benchmarks.
 Rows whose scores are all -inf (a query that may attend to nothing) give a zero output and zero gradients on every
 path.
 """
@@ -54,12 +57,15 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bi
         s = s + bias.to(cd)
     if mask is not None:
         s = s + mask.to(cd).unsqueeze(1)
+    return torch.matmul(_probs(s), v.to(cd)).to(q.dtype)
+
+
+def _probs(s: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim; rows of all -inf give zeros."""
     empty = s.amax(-1, keepdim=True) == float("-inf")
     if empty.any():
-        p = torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
-    else:
-        p = torch.softmax(s, -1)
-    return torch.matmul(p, v.to(cd)).to(q.dtype)
+        return torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill_(empty, 0.0)
+    return torch.softmax(s, -1)
 
 
 def _sdpa(q, k, v, attn_mask, scale):
@@ -93,6 +99,56 @@ def _attention_fast(q, k, v, bias, mask, scale):
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
+class _AttentionTrainableBias(torch.autograd.Function):
+    """Fast-path forward; backward recomputing softmax(q·kᵀ·scale + bias + mask) over groups of windows."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, mask, scale):
+        ctx.save_for_backward(q, k, v, bias, mask)
+        ctx.scale = scale
+        return _attention_fast(q, k, v, bias, mask, scale)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, bias, mask = ctx.saved_tensors
+        scale = ctx.scale
+        B, W, H, Nq, D = q.shape
+        Nk = k.shape[3]
+        cd = torch.promote_types(q.dtype, torch.float32)
+        need_q, need_k, need_v, need_bias, need_mask = ctx.needs_input_grad[:5]
+        qf, kf, vf, dof = (t.flatten(0, 1) for t in (q, k, v, dout))  # (B·W, H, N, ·), rows r = b·W + w
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (qf, kf, vf))
+        dbias = torch.zeros(bias.shape, dtype=cd, device=q.device) if need_bias else None
+        dmask = torch.zeros(mask.shape, dtype=cd, device=q.device) if need_mask else None
+        rows = max(1, _MASK_GROUP_ELEMS // (H * Nq * Nk))
+        for r0 in range(0, B * W, rows):
+            r1 = min(r0 + rows, B * W)
+            qc, kc, vc, doc = (t[r0:r1].to(cd) for t in (qf, kf, vf, dof))
+            s = torch.matmul(qc * scale, kc.transpose(-1, -2))
+            if bias is not None:
+                s += bias.to(cd)
+            win = torch.arange(r0, r1, device=q.device) % W
+            if mask is not None:
+                s += (mask.to(cd)[win] if mask.shape[0] > 1 else mask.to(cd)).unsqueeze(1)
+            p = _probs(s)
+            dv[r0:r1] = torch.matmul(p.transpose(-1, -2), doc)
+            dp = torch.matmul(doc, vc.transpose(-1, -2))
+            ds = p.mul_(dp - (dp * p).sum(-1, keepdim=True))  # softmax backward, in p's memory
+            dq[r0:r1] = torch.matmul(ds, kc) * scale
+            dk[r0:r1] = torch.matmul(ds.transpose(-1, -2), qc) * scale
+            if need_bias:
+                dbias += ds.sum(0) if bias.shape[0] > 1 else ds.sum((0, 1)).unsqueeze(0)
+            if need_mask:
+                dsm = ds.sum(1)
+                if mask.shape[0] > 1:
+                    dmask.index_add_(0, win, dsm)
+                else:
+                    dmask += dsm.sum(0, keepdim=True)
+        grads = [t.unflatten(0, (B, W)) if need else None for t, need in ((dq, need_q), (dk, need_k), (dv, need_v))]
+        return (*grads, None if dbias is None else dbias.to(bias.dtype),
+                None if dmask is None else dmask.to(mask.dtype), None)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.Tensor | None = None,
               mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """softmax(q·kᵀ·scale + bias + mask)·v over windows.
@@ -112,7 +168,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.
         from .triton.attention import attention_triton
 
         return attention_triton(q, k, v, bias=bias, mask=mask, scale=scale)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (bias, mask))
-    if grad:
-        return attention_reference(q, k, v, bias=bias, mask=mask, scale=scale)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (bias, mask)):
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return _AttentionTrainableBias.apply(q, k, v, bias, mask, scale)
     return _attention_fast(q, k, v, bias, mask, scale)

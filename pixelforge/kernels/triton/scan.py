@@ -22,7 +22,7 @@ import triton.language as tl
 __all__ = ["selective_scan_triton"]
 
 # Channels and positions per program; tests lower them to exercise several blocks and chunks on small shapes.
-_BLOCK_D = 8
+_BLOCK_D = 4
 _BLOCK_L = 32
 
 
