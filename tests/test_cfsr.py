@@ -47,3 +47,13 @@ def test_restoration_head_keeps_size():
 def test_mlp_ratio_must_be_int():
     with pytest.raises(ValueError, match="mlp_ratio"):
         pixelforge.create_model("cfsr_x4", mlp_ratio=2.5)
+
+
+@pytest.mark.parametrize("scale, floor", [(2, 36.3), (4, 30.3)])
+def test_bundled_weights_beat_the_targets_on_set5(scale, floor):
+    from conftest import DATA
+    from pixelforge.infer.evaluate import evaluate_sr, find_pairs
+
+    model = pixelforge.create_model(f"cfsr_x{scale}", pretrained=True).eval()
+    scores = evaluate_sr(model, find_pairs(DATA / "sr-bench" / "Set5", scale), scale)["mean"]
+    assert scores["psnr_y"] >= floor
