@@ -64,7 +64,7 @@ def _probs(s: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim; rows of all -inf give zeros."""
     empty = s.amax(-1, keepdim=True) == float("-inf")
     if empty.any():
-        return torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill_(empty, 0.0)
+        return torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
     return torch.softmax(s, -1)
 
 

@@ -208,9 +208,16 @@ def _launch_args(q, k, v, bias, mask, out):
     return (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *sb, *sm, W, H, Nq, Nk, D, Dv)
 
 
-def _blocks(Nq: int, Nk: int, D: int, Dv: int, backward: bool):
-    limit = _MAX_BLOCK if not backward or max(D, Dv) <= 64 else min(_MAX_BLOCK, 32)
-    return (min(limit, _pow2(Nq)), min(limit, _pow2(Nk)), _pow2(D), _pow2(Dv))
+def _config(Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, backward: bool) -> dict:
+    """Block sizes and launch options (checked with ptxas for sm_90: no or minor register spills, shared memory
+    within 110 KB): 64x64 tiles on 8 warps, 32x32 on 4 warps for head dims above 64 in float32 or in the backward;
+    two pipeline stages for float32 and the backward kernels."""
+    BD, BDV = _pow2(D), _pow2(Dv)
+    wide = max(BD, BDV) > 64 and (backward or dtype == torch.float32)
+    limit = min(_MAX_BLOCK, 32 if wide else 64)
+    BM, BN = min(limit, _pow2(Nq)), min(limit, _pow2(Nk))
+    return dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=8 if BM * BN >= 64 * 64 else 4,
+                num_stages=2 if backward or dtype == torch.float32 else 3)
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -226,14 +233,13 @@ class _TritonAttention(torch.autograd.Function):
         Nk, Dv = k.shape[3], v.shape[4]
         out = _alloc((B, W, H, Nq, Dv), q.dtype, q.device)
         lse = _alloc((B, W, H, Nq), torch.float32, q.device)
-        BM, BN, BD, BDV = _blocks(Nq, Nk, D, Dv, backward=False)
+        cfg = _config(Nq, Nk, D, Dv, q.dtype, backward=False)
         precision = _precision(q)
         dummy = out  # stands in for an absent bias / mask pointer (never read)
-        _attn_fwd[(triton.cdiv(Nq, BM), B * W * H)](
+        _attn_fwd[(triton.cdiv(Nq, cfg["BLOCK_M"]), B * W * H)](
             q, k, v, dummy if bias is None else bias, dummy if mask is None else mask, out, lse,
             *_launch_args(q, k, v, bias, mask, out), scale,
-            HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PRECISION=precision,
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, BLOCK_DV=BDV)
+            HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PRECISION=precision, **cfg)
         ctx.save_for_backward(q, k, v, bias, mask, out, lse)
         ctx.scale = scale
         return out
@@ -251,17 +257,16 @@ class _TritonAttention(torch.autograd.Function):
         mask_grad = mask is not None and ctx.needs_input_grad[4]
         dbias = _alloc(bias.shape, torch.float32, q.device, zero=True) if bias_grad else None
         dmask = _alloc(mask.shape, torch.float32, q.device, zero=True) if mask_grad else None
-        BM, BN, BD, BDV = _blocks(Nq, Nk, D, Dv, backward=True)
         meta = dict(HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PRECISION=_precision(q),
-                    BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, BLOCK_DV=BDV)
+                    **_config(Nq, Nk, D, Dv, q.dtype, backward=True))
         dummy = dout
         bias_arg = dummy if bias is None else bias
         mask_arg = dummy if mask is None else mask
         args = _launch_args(q, k, v, bias, mask, dout)
-        _attn_bwd_dkdv[(triton.cdiv(Nk, BN), B * W * H)](
+        _attn_bwd_dkdv[(triton.cdiv(Nk, meta["BLOCK_N"]), B * W * H)](
             q, k, v, bias_arg, mask_arg, dout, lse, delta, dk, dv, *args, ctx.scale, **meta)
         # bias and mask are contiguous (see attention_triton), so their gradients share their strides
-        _attn_bwd_dq[(triton.cdiv(Nq, BM), B * W * H)](
+        _attn_bwd_dq[(triton.cdiv(Nq, meta["BLOCK_M"]), B * W * H)](
             q, k, v, bias_arg, mask_arg, dout, lse, delta, dq,
             dummy if dbias is None else dbias, dummy if dmask is None else dmask, *args, ctx.scale,
             BIAS_GRAD=bias_grad, MASK_GRAD=mask_grad, **meta)
@@ -273,6 +278,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias:
                      mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """The Triton path of :func:`pixelforge.kernels.attention` (same arguments, shapes checked there)."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    k, v = k.to(q.dtype), v.to(q.dtype)  # the matrix products take one operand dtype
     bias = None if bias is None else bias.contiguous()
     mask = None if mask is None else mask.contiguous()
     return _TritonAttention.apply(q, k, v, bias, mask, scale)
