@@ -198,7 +198,7 @@ def _random_weights(n: int) -> list[torch.Tensor]:
         gen = torch.Generator().manual_seed(RANDOM_SEED)
         _RANDOM_CACHE.clear()
         for _, cin, cout in _CONVS[:n]:
-            _RANDOM_CACHE.append(torch.randn(cout, cin, 3, 3, generator=gen) * (2.0 / (cin * 9)) ** 0.5)
+            _RANDOM_CACHE.append(torch.randn(cout, cin, 3, 3, generator=gen, device="cpu") * (2.0 / (cin * 9)) ** 0.5)
     return _RANDOM_CACHE[:n]
 
 

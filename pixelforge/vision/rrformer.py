@@ -140,7 +140,7 @@ class SelfAttentionStage(nn.Module):
             raise ValueError(f"sa_depths {tuple(depths)} and sa_num_heads {tuple(num_heads)} differ in length")
         self.window_size = window_size
         self.norm_in = nn.LayerNorm(dim)
-        dpr = torch.linspace(0, drop_path_rate, max(sum(depths), 1)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, max(sum(depths), 1), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
             ResidualSwinGroup(dim, d, h, window_size, mlp_ratio, qkv_bias, dpr[s:s + d])

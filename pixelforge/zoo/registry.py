@@ -74,11 +74,12 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
         kwargs.pop(key, None)
     features_only = kwargs.pop("features_only", False)
     feature_args = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
-    model = model_cls(**{**model_args, **kwargs})
-    if weights is None and pretrained:
-        from timm.models import get_pretrained_cfg
+    from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(variant)
+    model = model_cls(**{**model_args, **kwargs})
+    cfg = get_pretrained_cfg(variant)
+    model.pretrained_cfg = model.default_cfg = cfg.to_dict() if cfg is not None else {}  # as timm's builder does
+    if weights is None and pretrained:
         if cfg is None or not cfg.file:
             raise FileNotFoundError(f"'{variant}' has no pretrained weights; pass weights=PATH")
         weights = resolve_weights(cfg.file, variant)

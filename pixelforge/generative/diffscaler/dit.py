@@ -312,6 +312,12 @@ class DiT(ModelMixin, ConfigMixin):
                               for t in range(-1, len(self.config.tasks or []))], device=device)
         return nulls[task_ids + 1]
 
+    def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random (x_t (B, C, H, W), timesteps (B,), class labels (B,)) for smoke tests and benchmarks."""
+        c = self.config
+        x = torch.randn(batch_size, c.in_channels, c.sample_size, c.sample_size)
+        return x, torch.randint(0, 1000, (batch_size,)), torch.randint(0, max(int(c.num_classes), 1), (batch_size,))
+
     def forward(self, hidden_states: torch.Tensor, timestep, class_labels: torch.Tensor | None = None,
                 task_ids: torch.Tensor | None = None, return_dict: bool = True):
         """Predict ε (and the σ interpolation with learned σ).

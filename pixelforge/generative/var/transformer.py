@@ -299,6 +299,11 @@ class VAR(nn.Module):
         h = self.forward_blocks(x, cond, self.attn_mask)
         return self.get_logits(h, cond)
 
+    def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random (labels (B,), teacher-forcing input (B, L - p_1², Cvae)) for smoke tests and benchmarks."""
+        length = sum(p * p for p in self.patch_nums) - self.first_l
+        return torch.randint(0, self.num_classes, (batch_size,)), torch.randn(batch_size, length, self.Cvae)
+
 
 _BUFFERS = ("lvl_1L", "attn_bias_for_masking")
 
