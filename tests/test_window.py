@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from conftest import case_checkpoint, parity_case
 from pixelforge.layers.window import (gather_relative_position_bias, merge_heads, overlap_relative_position_index,
                                       overlapping_windows, pad_to_multiple, relative_coordinates,
-                                      relative_position_index, shift_window_mask, split_heads, window_partition,
-                                      window_reverse)
+                                      relative_position_index, shift_window_mask, split_heads, window_layout,
+                                      window_partition, window_reverse)
 
 
 @pytest.mark.parametrize("window", [4, (2, 8), (8, 2)])
@@ -66,6 +66,27 @@ def test_shift_mask_value_and_dtype():
     assert torch.isinf(mask).any() and set(mask[torch.isfinite(mask)].tolist()) == {0.0}
     assert (mask[0] == 0).all()  # the top-left window lies in one region
     assert (mask.diagonal(dim1=1, dim2=2) == 0).all()  # a token always sees itself
+
+
+@pytest.mark.parametrize("h,w,window,shift", [(24, 32, 8, 4), (16, 48, (4, 16), (2, 8)), (16, 16, 8, 0)])
+@pytest.mark.parametrize("masked", [True, False])
+def test_window_layout_is_roll_partition_reorder(h, w, window, shift, masked):
+    x = torch.randn(2, h, w, 3, 5)
+    layout = window_layout(h, w, window, shift, -100.0 if masked else None)
+    sh, sw = (shift, shift) if isinstance(shift, int) else shift
+    ref = window_partition(torch.roll(x, (-sh, -sw), (1, 2)).flatten(3), window)
+    full = shift_window_mask(h, w, window, shift, -100.0)
+    first_token = layout.index.view(layout.num_windows, -1)[:, 0]
+    order = [int(torch.nonzero(ref[0, :, 0, 0] == x.flatten(1, 2)[0, t, 0, 0])[0]) for t in first_token]
+    assert sorted(order) == list(range(layout.num_windows))
+    torch.testing.assert_close(layout.partition(x).flatten(3), ref[:, order], rtol=0, atol=0)
+    torch.testing.assert_close(layout.reverse(layout.partition(x), h, w), x, rtol=0, atol=0)
+    if not masked or not (sh or sw):
+        assert layout.mask is None and layout.num_unmasked == layout.num_windows and order == sorted(order)
+    else:  # windows needing the mask come last, with their mask; the others' mask is all zero
+        k = layout.num_unmasked
+        assert 0 < k < layout.num_windows and (full[order[:k]] == 0).all()
+        torch.testing.assert_close(layout.mask, full[order[k:]], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("m,e", [(8, 12), (4, 8), (16, 24)])

@@ -54,15 +54,22 @@ def _ramp_weights(starts: list[int], length: int, size: int, overlap: int, scale
     return [(w / total[s * scale:s * scale + n]).float() for w, s in zip(weights, starts)]
 
 
-def _forward(model: nn.Module, x: torch.Tensor, multiple: int, scale: int) -> torch.Tensor:
-    """model(x), padding x bottom/right to ``multiple`` (reflect, or replicate when too small) for models that do not
-    pad themselves (a :class:`DenseImageModel` applies its official padding), then cropping the output back."""
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad x bottom/right to ``multiple`` (reflect, or replicate when too small)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
-    if isinstance(model, DenseImageModel) or not (ph or pw):
+    if not (ph or pw):
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+
+
+def _forward(model: nn.Module, x: torch.Tensor, multiple: int, scale: int) -> torch.Tensor:
+    """model(x), padding x bottom/right to ``multiple`` (:func:`_pad_to`) for models that do not pad themselves (a
+    :class:`DenseImageModel` applies its official padding), then cropping the output back."""
+    h, w = x.shape[-2:]
+    if isinstance(model, DenseImageModel):
         return model(x)
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return model(F.pad(x, (0, pw, 0, ph), mode=mode))[..., : h * scale, : w * scale]
+    return model(_pad_to(x, multiple))[..., : h * scale, : w * scale]
 
 
 def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, overlap: int = 16,
@@ -86,6 +93,7 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
     if height == 0 or width == 0:
         raise ValueError(f"cannot process a zero-size image ({width}x{height})")
     scale = int(getattr(model, "upscale", 1))
+    out_h, out_w = height * scale, width * scale
     multiple = int(getattr(model, "spatial_multiple", 1))
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
@@ -97,6 +105,11 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
         tile = -(-tile // multiple) * multiple
         if not 0 <= overlap < tile:
             raise ValueError(f"tile overlap must be in [0, tile), got {overlap} with tile {tile}")
+        # keep every tile on the model's window grid (as in whole-image inference): pad the image to the multiple
+        # and round the overlap up to it, so all tile starts are multiples of it
+        overlap = min(-(-overlap // multiple) * multiple, tile - multiple)
+        image = _pad_to(image, multiple)
+        height, width = image.shape[-2:]
         th, tw = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
     wys = _ramp_weights(ys, th, height, overlap, scale)
@@ -112,8 +125,8 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
                     raise ValueError(f"model output {tuple(res.shape)} does not match its input "
                                      f"{tuple(patch.shape)} at scale {scale}")
                 if single:
-                    return res
+                    return res[..., :out_h, :out_w]
                 if out is None:
                     out = torch.zeros(batch, res.shape[1], height * scale, width * scale)
                 out[:, :, y * scale:(y + th) * scale, x * scale:(x + tw) * scale] += res * (wy[:, None] * wx[None])
-    return out
+    return out[..., :out_h, :out_w]

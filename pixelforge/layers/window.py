@@ -12,6 +12,7 @@ Layout conventions:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 __all__ = [
     "to_2tuple", "window_partition", "window_reverse", "split_heads", "merge_heads", "shift_window_mask",
     "overlapping_windows", "relative_position_index", "overlap_relative_position_index", "relative_coordinates",
-    "gather_relative_position_bias", "pad_to_multiple",
+    "gather_relative_position_bias", "pad_to_multiple", "WindowLayout", "window_layout",
 ]
 
 Size2 = int | tuple[int, int]
@@ -96,6 +97,73 @@ def shift_window_mask(h: int, w: int, window_size: Size2, shift_size: Size2, mas
     same = labels[:, :, None] == labels[:, None, :]
     zero = torch.zeros((), dtype=dtype, device=device)
     return torch.where(same, zero, torch.tensor(mask_value, dtype=dtype, device=device))
+
+
+@dataclass
+class WindowLayout:
+    """A (shifted) window partition as one gather, with the windows that need the shift mask placed last.
+
+    ``partition`` = cyclic shift by −shift + :func:`window_partition` + window reordering, in a single
+    ``index_select``; ``reverse`` undoes all three. Windows ``[0, num_unmasked)`` lie in one shift region (their
+    mask would be all zeros); ``mask`` holds the mask of the others, so attention can skip it where it is zero.
+
+    Attributes:
+        index: (nW·N,) int64 flat source position (row-major over H×W) of every windowed token.
+        inverse: (H·W,) int64, the inverse permutation.
+        num_windows, window_tokens: nW and N = wh·ww.
+        num_unmasked: number of leading windows that need no mask.
+        mask: (nW − num_unmasked, N, N) additive mask of the trailing windows, or None (no mask requested, or no
+            window needs one).
+    """
+
+    index: torch.Tensor
+    inverse: torch.Tensor
+    num_windows: int
+    window_tokens: int
+    num_unmasked: int
+    mask: torch.Tensor | None
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, *F) → (B, nW, N, *F) (one copy)."""
+        b, h, w = x.shape[:3]
+        win = x.reshape(b, h * w, *x.shape[3:]).index_select(1, self.index)
+        return win.view(b, self.num_windows, self.window_tokens, *x.shape[3:])
+
+    def reverse(self, windows: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, nW, N, *F) → (B, H, W, *F) (one copy)."""
+        b = windows.shape[0]
+        flat = windows.reshape(b, self.num_windows * self.window_tokens, *windows.shape[3:])
+        return flat.index_select(1, self.inverse).view(b, h, w, *windows.shape[3:])
+
+
+def window_layout(h: int, w: int, window_size: Size2, shift_size: Size2 = 0, mask_value: float | None = None, *,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> WindowLayout:
+    """The :class:`WindowLayout` of an H×W map cut into wh×ww windows after a cyclic shift by −(sh, sw).
+
+    Args:
+        h, w: map size (multiples of the window). window_size, shift_size: ``M`` or ``(wh, ww)``; ``(sh, sw)``.
+        mask_value: build the shift mask (see :func:`shift_window_mask`) with this value and put the windows that
+            need it last; None for unmasked shifted windows (then the window order is row-major).
+        dtype, device: of the mask (and device of the indices).
+    """
+    wh, ww = to_2tuple(window_size)
+    sh, sw = to_2tuple(shift_size)
+    rows = (torch.arange(h, device=device) + sh) % h
+    cols = (torch.arange(w, device=device) + sw) % w
+    src = (rows[:, None] * w + cols[None, :]).view(1, h, w, 1)
+    index = window_partition(src, (wh, ww))[0, :, :, 0]  # (nW, N)
+    nw, n = index.shape
+    mask, num_unmasked = None, nw
+    if mask_value is not None and (sh or sw):
+        full = shift_window_mask(h, w, (wh, ww), (sh, sw), mask_value, dtype=dtype, device=device)
+        needs = (full != 0).flatten(1).any(1)
+        order = torch.cat([torch.nonzero(~needs).flatten(), torch.nonzero(needs).flatten()])
+        num_unmasked = int((~needs).sum())
+        index = index[order]
+        mask = full[order[num_unmasked:]] if num_unmasked < nw else None
+    index = index.reshape(-1)
+    inverse = torch.empty_like(index).scatter_(0, index, torch.arange(index.numel(), device=index.device))
+    return WindowLayout(index, inverse, nw, n, num_unmasked, mask)
 
 
 def overlapping_windows(x: torch.Tensor, window_size: int, overlap_window: int) -> torch.Tensor:

@@ -32,8 +32,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
-from ..layers.window import (gather_relative_position_bias, merge_heads, pad_to_multiple, relative_coordinates,
-                             relative_position_index, window_partition, window_reverse)
+from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads, pad_to_multiple,
+                             relative_coordinates, relative_position_index, window_layout)
 from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
 from .dense import DenseBackbone, DenseImageModel
 
@@ -80,20 +80,15 @@ class RectWindowAttention(nn.Module):
         self.pos = DynamicPosBias(pos_dim, num_heads)
 
     def forward(self, qkv: torch.Tensor, offsets: torch.Tensor, rpi: torch.Tensor,
-                shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """qkv (B, H, W, 3, dim); offsets (T, 2) relative offsets; rpi (N, N) index into them; shift (sh, sw):
-        cyclic shift applied before the partition and undone after (no mask). Returns (B, H, W, dim)."""
+                layout: WindowLayout) -> torch.Tensor:
+        """qkv (B, H, W, 3, dim); offsets (T, 2) relative offsets; rpi (N, N) index into them; layout: the window
+        partition of this branch (cyclically shifted or not, never masked). Returns (B, H, W, dim)."""
         b, h, w, _, c = qkv.shape
-        if shift[0] or shift[1]:
-            qkv = torch.roll(qkv, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-        win = window_partition(qkv.reshape(b, h, w, 3 * c), self.window)  # (B, nW, N, 3·dim)
-        nw, n = win.shape[1:3]
+        win = layout.partition(qkv)  # (B, nW, N, 3, dim)
+        nw, n = layout.num_windows, layout.window_tokens
         q, k, v = win.view(b, nw, n, 3, self.num_heads, c // self.num_heads).permute(3, 0, 1, 4, 2, 5)
         bias = gather_relative_position_bias(self.pos(offsets), rpi)
-        out = window_reverse(merge_heads(attention(q, k, v, bias=bias, scale=self.scale)), self.window, h, w)
-        if shift[0] or shift[1]:
-            out = torch.roll(out, shifts=shift, dims=(1, 2))
-        return out
+        return layout.reverse(merge_heads(attention(q, k, v, bias=bias, scale=self.scale)), h, w)
 
 
 class SRWAB(nn.Module):
@@ -109,7 +104,7 @@ class SRWAB(nn.Module):
                  qkv_bias: bool = True, qk_scale: float | None = None):
         super().__init__()
         a, b = split_size
-        self.shift_size = (a // 2, b // 2) if shift else (0, 0)
+        self.shift = shift
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -119,14 +114,14 @@ class SRWAB(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, pos: dict[str, torch.Tensor]) -> torch.Tensor:
-        """x (B, H, W, C); pos: ``offsets_h/v`` (T, 2) and ``rpi_h/v`` (N, N). Returns (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, pos: dict) -> torch.Tensor:
+        """x (B, H, W, C); pos: ``offsets_h/v`` (T, 2), ``rpi_h/v`` (N, N) and the window layouts ``layout_h/v``
+        (unshifted, shifted) of the two branches. Returns (B, H, W, C)."""
         b, h, w, c = x.shape
         qkv = self.qkv(self.norm1(x)).view(b, h, w, 3, c)
         lcm = self.get_v(qkv[..., 2, :].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # on the unshifted v
-        sa, sb = self.shift_size
-        x1 = self.attns[0](qkv[..., : c // 2], pos["offsets_h"], pos["rpi_h"], (sa, sb))
-        x2 = self.attns[1](qkv[..., c // 2:], pos["offsets_v"], pos["rpi_v"], (sb, sa))
+        x1 = self.attns[0](qkv[..., : c // 2], pos["offsets_h"], pos["rpi_h"], pos["layout_h"][self.shift])
+        x2 = self.attns[1](qkv[..., c // 2:], pos["offsets_v"], pos["rpi_v"], pos["layout_v"][self.shift])
         x = x + self.proj(torch.cat([x1, x2], dim=-1) + lcm)
         return x + self.mlp(self.norm2(x))
 
@@ -313,8 +308,13 @@ class CRAFTBackbone(DenseBackbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image (B, in_chans, H, W), H and W multiples of lcm(a, b) → (B, embed_dim, H, W)."""
+        (a, b), (h, w), dev = self.split_size, x.shape[-2:], x.device
         pos = {"offsets_h": self.offsets_h.to(x.dtype), "offsets_v": self.offsets_v.to(x.dtype),
-               "rpi_h": self.rpi_h, "rpi_v": self.rpi_v}
+               "rpi_h": self.rpi_h, "rpi_v": self.rpi_v,
+               "layout_h": (window_layout(h, w, (a, b), device=dev),
+                            window_layout(h, w, (a, b), (a // 2, b // 2), device=dev)),
+               "layout_v": (window_layout(h, w, (b, a), device=dev),
+                            window_layout(h, w, (b, a), (b // 2, a // 2), device=dev))}
         x = self.conv_first(x)
         y = x
         for layer in self.layers:
@@ -339,7 +339,8 @@ _BUFFERS = ("relative_position_index_h", "relative_position_index_v", "biases_h"
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Official CRAFT keys → ours; our own keys pass unchanged.
 
-    ``layers.i.residual_group.X`` → ``backbone.layers.i.X``, channel LayerNorms lose their ``.body`` level, ``upsample.*`` goes to ``head.``, the rest to ``backbone.``.
+    ``layers.i.residual_group.X`` → ``backbone.layers.i.X``, channel LayerNorms lose their ``.body`` level,
+    ``upsample.*`` goes to ``head.``, the rest to ``backbone.``.
     The coordinate/index buffers (``biases_h/v``, ``relative_position_index_h/v``) are computed by the model and
     dropped; a ``biases_h`` table of another window than the model's (e.g. 16x4 vs 4x16: same shapes, so the load
     would otherwise succeed) is an error.

@@ -30,9 +30,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
 from ..layers.channel_attention import ChannelAttention
-from ..layers.window import (gather_relative_position_bias, merge_heads, overlap_relative_position_index,
-                             overlapping_windows, pad_to_multiple, relative_position_index, shift_window_mask,
-                             split_heads, window_partition, window_reverse)
+from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads,
+                             overlap_relative_position_index, overlapping_windows, pad_to_multiple,
+                             relative_position_index, split_heads, window_layout, window_partition, window_reverse)
 from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
 from .dense import DenseBackbone, DenseImageModel
 
@@ -77,23 +77,22 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rpi: torch.Tensor, shift: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, H, W, C); rpi (M², M²) index into the table; shift: cyclic shift s (rolled by −s, then back);
-        mask (nW, M², M²) additive, used when shifted. Returns (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, rpi: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """x (B, H, W, C); rpi (M², M²) index into the table; layout: the (shifted) window partition, whose masked
+        windows (last) get the shift mask. Returns (B, H, W, C)."""
         b, h, w, c = x.shape
-        m = self.window_size
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        win = window_partition(x, m)  # (B, nW, M², C)
-        nw, n = win.shape[1:3]
-        qkv = self.qkv(win).view(b, nw, n, 3, self.num_heads, c // self.num_heads).permute(3, 0, 1, 4, 2, 5)
+        nw, n, free = layout.num_windows, layout.window_tokens, layout.num_unmasked
+        qkv = self.qkv(layout.partition(x)).view(b, nw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, M², d) each
         bias = gather_relative_position_bias(self.relative_position_bias_table, rpi)
-        out = attention(qkv[0], qkv[1], qkv[2], bias=bias, mask=mask if shift else None, scale=self.scale)
-        out = window_reverse(self.proj(merge_heads(out)), m, h, w)
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        return out
+        if layout.mask is None:
+            out = attention(q, k, v, bias=bias, scale=self.scale)
+        else:  # the windows inside one shift region skip the (zero) mask
+            out = attention(q[:, free:], k[:, free:], v[:, free:], bias=bias, mask=layout.mask, scale=self.scale)
+            if free:
+                out = torch.cat([attention(q[:, :free], k[:, :free], v[:, :free], bias=bias, scale=self.scale),
+                                 out], dim=1)
+        return layout.reverse(self.proj(merge_heads(out)), h, w)
 
 
 class HAB(nn.Module):
@@ -114,11 +113,11 @@ class HAB(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, H, W, C); rpi (M², M²); mask (nW, M², M²) shift mask (ignored by unshifted blocks)."""
+    def forward(self, x: torch.Tensor, rpi: torch.Tensor, layouts: tuple[WindowLayout, WindowLayout]) -> torch.Tensor:
+        """x (B, H, W, C); rpi (M², M²); layouts: (unshifted, shifted-by-M/2 with its mask) window layouts."""
         u = self.norm1(x)
         conv_x = self.conv_block(u.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        attn_x = self.attn(u, rpi, self.shift_size, mask)
+        attn_x = self.attn(u, rpi, layouts[1] if self.shift_size else layouts[0])
         x = x + self.drop_path(attn_x) + conv_x * self.conv_scale
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -177,12 +176,12 @@ class RHAG(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, rpi_sa: torch.Tensor, rpi_oca: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, H, W, C) → (B, H, W, C)."""
+                layouts: tuple[WindowLayout, WindowLayout]) -> torch.Tensor:
+        """x (B, H, W, C) → (B, H, W, C); layouts: (unshifted, shifted) window layouts of the map."""
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         y = x
         for blk in self.blocks:
-            y = checkpoint(blk, y, rpi_sa, mask, use_reentrant=False) if ckpt else blk(y, rpi_sa, mask)
+            y = checkpoint(blk, y, rpi_sa, layouts, use_reentrant=False) if ckpt else blk(y, rpi_sa, layouts)
         y = checkpoint(self.overlap_attn, y, rpi_oca, use_reentrant=False) if ckpt else self.overlap_attn(y, rpi_oca)
         return self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + x
 
@@ -233,7 +232,7 @@ class HATBackbone(DenseBackbone):
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.norm_embed = nn.LayerNorm(embed_dim) if patch_norm else nn.Identity()
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList(
             RHAG(embed_dim, d, h, window_size, compress_ratio, squeeze_factor, conv_scale, overlap_ratio, mlp_ratio,
                  qkv_bias, qk_scale, dpr[sum(depths[:i]):sum(depths[:i + 1])], resi_connection, self.shift)
@@ -254,14 +253,12 @@ class HATBackbone(DenseBackbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image (B, in_chans, H, W), H and W multiples of M → (B, embed_dim, H, W)."""
         x = self.conv_first(x)
-        h, w = x.shape[-2:]
-        mask = None
-        if self.shift and any(len(layer.blocks) > 1 for layer in self.layers):
-            mask = shift_window_mask(h, w, self.window_size, self.window_size // 2, self.mask_value,
-                                     dtype=x.dtype, device=x.device)
+        h, w, m = x.shape[-2], x.shape[-1], self.window_size
+        layouts = (window_layout(h, w, m, device=x.device),
+                   window_layout(h, w, m, m // 2, self.mask_value, dtype=x.dtype, device=x.device))
         t = self.norm_embed(x.permute(0, 2, 3, 1).contiguous())
         for layer in self.layers:
-            t = layer(t, self.rpi_sa, self.rpi_oca, mask)
+            t = layer(t, self.rpi_sa, self.rpi_oca, layouts)
         t = self.norm(t)
         return self.conv_after_body(t.permute(0, 3, 1, 2)) + x
 
