@@ -96,11 +96,14 @@ def test_half_precision_forward(dtype):
 def test_autocast():
     model = _small()
     x = torch.rand(1, 3, 16, 24)
+    seen = {}
+    model.backbone.conv_first.register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype))
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
     assert torch.isfinite(out).all() and (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+    assert seen["dtype"] == torch.float32  # the shallow features (long residual) stay float32 under autocast
 
 
 def test_grad_checkpointing_same_gradients():

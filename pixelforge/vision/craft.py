@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
+from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads, pad_to_multiple,
                              relative_coordinates, relative_position_index, window_layout)
 from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
@@ -144,7 +145,8 @@ class HFERB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, C, H, W)."""
         lfe = self.act(self.conv(x[:, : self.mid_dim]))
-        hfe = self.act(self.fc(self.max_pool(x[:, self.mid_dim:])))
+        # max-pooling channels-last is several times faster on CPU (same values)
+        hfe = self.act(self.fc(self.max_pool(x[:, self.mid_dim:].contiguous(memory_format=torch.channels_last))))
         return x + self.last_fc(torch.cat([lfe, hfe], dim=1))
 
 
@@ -315,7 +317,7 @@ class CRAFTBackbone(DenseBackbone):
                             window_layout(h, w, (a, b), (a // 2, b // 2), device=dev)),
                "layout_v": (window_layout(h, w, (b, a), device=dev),
                             window_layout(h, w, (b, a), (b // 2, a // 2), device=dev))}
-        x = self.conv_first(x)
+        x = full_precision(self.conv_first, x)  # the long residual stays float32 under autocast
         y = x
         for layer in self.layers:
             y = layer(y, pos)

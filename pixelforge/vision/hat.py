@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
 from ..layers.channel_attention import ChannelAttention
+from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads,
                              overlap_relative_position_index, overlapping_windows, pad_to_multiple,
                              relative_position_index, split_heads, window_layout, window_partition, window_reverse)
@@ -252,7 +253,7 @@ class HATBackbone(DenseBackbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image (B, in_chans, H, W), H and W multiples of M → (B, embed_dim, H, W)."""
-        x = self.conv_first(x)
+        x = full_precision(self.conv_first, x)  # the long residual stays float32 under autocast
         h, w, m = x.shape[-2], x.shape[-1], self.window_size
         layouts = (window_layout(h, w, m, device=x.device),
                    window_layout(h, w, m, m // 2, self.mask_value, dtype=x.dtype, device=x.device))
