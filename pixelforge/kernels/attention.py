@@ -7,7 +7,8 @@ PyTorch paths:
   windows are they summed, a bounded group of windows at a time and once for the whole batch.
 - when the bias or the mask needs a gradient (trainable relative-position bias), the forward is the fast path and
   a custom backward recomputes the probabilities a bounded group of windows at a time (float32) to form dq, dk, dv
-  and the bias / mask gradients, so no (B·W, H, Nq, Nk) tensor is kept between forward and backward.
+  and the bias / mask gradients, so no (B·W, H, Nq, Nk) tensor is kept between forward and backward (problems
+  that fit in one group take the explicit path under autograd instead, which is cheaper there).
 - explicit path (:func:`attention_reference`): scores, softmax and weighted sum written out in float32, the
   reference in tests and benchmarks.
 Rows whose scores are all -inf (a query that may attend to nothing) give a zero output and zero gradients on every
@@ -22,8 +23,9 @@ from .dispatch import resolve_backend
 
 __all__ = ["attention", "attention_reference"]
 
-# Elements of a summed bias + mask group (windows × H × Nq × Nk) on the fast path.
-_MASK_GROUP_ELEMS = 1 << 23
+# Elements of a summed bias + mask group (windows × H × Nq × Nk) on the fast path, and of one group of recomputed
+# scores in the trainable-bias backward.
+_MASK_GROUP_ELEMS = 1 << 21
 
 
 def _check_inputs(q, k, v, bias, mask) -> None:
@@ -106,7 +108,8 @@ class _AttentionTrainableBias(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, mask, scale):
         ctx.save_for_backward(q, k, v, bias, mask)
         ctx.scale = scale
-        return _attention_fast(q, k, v, bias, mask, scale)
+        # detached: PyTorch's fused kernels refuse a mask that requires grad, even with grad mode off
+        return _attention_fast(*(None if t is None else t.detach() for t in (q, k, v, bias, mask)), scale)
 
     @staticmethod
     def backward(ctx, dout):
@@ -133,7 +136,7 @@ class _AttentionTrainableBias(torch.autograd.Function):
             p = _probs(s)
             dv[r0:r1] = torch.matmul(p.transpose(-1, -2), doc)
             dp = torch.matmul(doc, vc.transpose(-1, -2))
-            ds = p.mul_(dp - (dp * p).sum(-1, keepdim=True))  # softmax backward, in p's memory
+            ds = torch._softmax_backward_data(dp, p, -1, cd)
             dq[r0:r1] = torch.matmul(ds, kc) * scale
             dk[r0:r1] = torch.matmul(ds.transpose(-1, -2), qc) * scale
             if need_bias:
@@ -169,6 +172,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.
 
         return attention_triton(q, k, v, bias=bias, mask=mask, scale=scale)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (bias, mask)):
+        if q.shape[:4].numel() * k.shape[3] <= _MASK_GROUP_ELEMS:  # one group: plain autograd is cheaper
+            return attention_reference(q, k, v, bias=bias, mask=mask, scale=scale)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         return _AttentionTrainableBias.apply(q, k, v, bias, mask, scale)
     return _attention_fast(q, k, v, bias, mask, scale)

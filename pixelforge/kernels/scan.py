@@ -3,13 +3,14 @@
 Semantics: specs/selective-scan.md (those of the official ``selective_scan_fn``, plus ``reverse``). The PyTorch
 path works in time-major buffers (time block, b, d, n) in float32 (float64 for float64 inputs):
 
-- the sequence is cut into time blocks of bounded size, walked in scan order while the state is carried from block
-  to block, so no (b, d, L, n) tensor is ever allocated and the working set stays in cache;
+- the sequence is cut into time blocks of bounded size (``_BLOCK_ELEMS``), walked in scan order while the state is
+  carried from block to block, so no (b, d, L, n) tensor is ever allocated;
 - inside a block the recurrence h[t] = a[t]·h[t-1] + β[t] runs either step by step over wide rows or, when rows are
   narrow (small b·d·n, where per-step overhead would dominate), as a two-level scan: a step loop inside chunks of
   about √T positions, vectorised over the chunks, then a short carry loop over chunk ends and one fix-up
-  h[t] += (Π a)·h[chunk start]. Every product of a's lies in [0, 1]; no exp of a positive number and no division
-  is ever formed, so long sequences (S = Σ Δ·A ≪ -88) stay finite and accurate (spec § 2.5).
+  h[t] += exp((Σ Δ)·A)·h[chunk start], the sum running over at most one chunk. No cumulative sum over the
+  sequence, no division and no exp of -(Σ Δ·A) is ever formed, so long sequences (Σ Δ·A ≪ -88) stay finite and
+  accurate (spec § 2.5).
 - ``reverse`` runs the same loops right to left (index arithmetic, no flipped copies).
 - the backward (spec § 2.2) recomputes each block's states from the state saved at the block boundary, runs the
   adjoint scan in the opposite direction, and reduces dA, dB, dC, dD, d delta_bias in float32. Nothing of size
@@ -213,7 +214,7 @@ def _backward(lay: _Layout, reverse: bool, states, o: torch.Tensor, grad_out: to
     # adjoint carry: g at the position just past the block in adjoint order (the block's neighbour processed
     # before it); the last state's gradient enters at the last scanned position
     carry = None
-    edge = -1 if reverse else 0  # the block's first position in adjoint order... and its last in scan order
+    edge = -1 if reverse else 0  # where the adjoint leaves a block (and the state enters it)
     blocks = _blocks(L, b * d * n, reverse)
     for (t0, t1), h_in in zip(blocks[::-1], states[::-1]):
         # steps over the block plus one position on the side the adjoint comes from
