@@ -206,7 +206,7 @@ def bench_tiled(models, height, width, tile, overlap, precisions, full: bool, ti
                 peak = peak_bytes(lambda: run_tiled(proxy, image, tile=tile, overlap=overlap, precision=prec))
                 total, how = proxy.first_time * n_tiles, f"1 tile {proxy.first_time:.2f} s x {n_tiles}"
             print(f"{name:10} {prec}: {n_tiles} tiles, time {total:8.1f} s ({how}), peak {peak / GiB:.2f} GiB "
-                  f"+ weights {param_bytes(model) / GiB:.3f} GiB", flush=True)
+                  f"+ weights {param_bytes(model) / GiB:.3f} GiB + input {image.nbytes / GiB:.3f} GiB", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------- psnr
