@@ -7,10 +7,10 @@ path works in time-major buffers (time block, b, d, n) in float32 (float64 for f
   carried from block to block, so no (b, d, L, n) tensor is ever allocated;
 - inside a block the recurrence h[t] = a[t]·h[t-1] + β[t] runs either step by step over wide rows or, when rows are
   narrow (small b·d·n, where per-step overhead would dominate), as a two-level scan: a step loop inside chunks of
-  about √T positions, vectorised over the chunks, then a short carry loop over chunk ends and one fix-up
-  h[t] += exp((Σ Δ)·A)·h[chunk start], the sum running over at most one chunk. No cumulative sum over the
-  sequence, no division and no exp of -(Σ Δ·A) is ever formed, so long sequences (Σ Δ·A ≪ -88) stay finite and
-  accurate (spec § 2.5).
+  about √T positions, vectorised over the chunks, then a short carry loop over chunk ends (each chunk's total
+  decay exp((Σ Δ)·A), the sum over that chunk only) and a second step loop decaying the carried state into the
+  chunks. No cumulative sum over the sequence, no division and no exp of -(Σ Δ·A) is ever formed, so long
+  sequences (Σ Δ·A ≪ -88) stay finite and accurate (spec § 2.5).
 - ``reverse`` runs the same loops right to left (index arithmetic, no flipped copies).
 - the backward (spec § 2.2) recomputes each block's states from the state saved at the block boundary, runs the
   adjoint scan in the opposite direction, and reduces dA, dB, dC, dD, d delta_bias in float32. Nothing of size
@@ -40,8 +40,8 @@ def _scan_(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, A: torch.Tensor, c
     """In-place first-order linear recurrence along dim 0 of x, m: (T, b, n, d), where m = exp(w ⊗ A).
 
     Left to right: x[t] ← m[t]·x[t-1] + x[t] with x[-1] = carry; right to left: x[t] ← m[t]·x[t+1] + x[t] with
-    x[T] = carry (carry (b, n, d) or None for zero). w: (T, b, d) and A: (n, d) give the chunk decays
-    Π m = exp((Σ w) ⊗ A) from chunk-local sums (never from long cumulative sums, spec § 2.5).
+    x[T] = carry (carry (b, n, d) or None for zero). w: (T, b, d) and A: (n, d) give each chunk's total decay
+    Π m = exp((Σ w) ⊗ A) from a sum over that chunk only (never from long cumulative sums, spec § 2.5).
     """
     T = x.shape[0]
     if carry is not None:
@@ -59,26 +59,28 @@ def _scan_(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, A: torch.Tensor, c
         for t in range(chunk - 2, -1, -1):
             xm[:, t].addcmul_(mm[:, t], xm[:, t + 1])
         if K > 1:
-            # decay from each chunk's right end down to t, chunks 0..K-2
-            sw = w[lo:lo + (K - 1) * chunk].unflatten(0, (K - 1, chunk)).flip(1).cumsum(1).flip(1)
-            p = torch.mul(sw.unsqueeze(-2), A).exp_()
+            # chunk ends (heads) become true states right to left, with each chunk's total decay
+            total = torch.mul(w[lo:lo + (K - 1) * chunk].unflatten(0, (K - 1, chunk)).sum(1).unsqueeze(-2), A).exp_()
             heads = xm[:, 0]
             for k in range(K - 2, -1, -1):
-                heads[k].addcmul_(p[k, 0], heads[k + 1])
-            xm[:-1, 1:].addcmul_(p[:, 1:], xm[1:, :1])
+                heads[k].addcmul_(total[k], heads[k + 1])
+            # then the carried state decays through the rest of each chunk
+            carried = xm[1:, 0].clone()
+            for t in range(chunk - 1, 0, -1):
+                xm[:-1, t].add_(carried.mul_(mm[:-1, t]))
         for t in range(lo - 1, -1, -1):
             x[t].addcmul_(m[t], x[t + 1])
     else:
         for t in range(1, chunk):
             xm[:, t].addcmul_(mm[:, t], xm[:, t - 1])
         if K > 1:
-            # decay from each chunk's left end up to t, chunks 1..K-1
-            sw = w[chunk:K * chunk].unflatten(0, (K - 1, chunk)).cumsum(1)
-            p = torch.mul(sw.unsqueeze(-2), A).exp_()
+            total = torch.mul(w[chunk:K * chunk].unflatten(0, (K - 1, chunk)).sum(1).unsqueeze(-2), A).exp_()
             tails = xm[:, chunk - 1]
             for k in range(1, K):
-                tails[k].addcmul_(p[k - 1, chunk - 1], tails[k - 1])
-            xm[1:, :chunk - 1].addcmul_(p[:, :chunk - 1], xm[:-1, chunk - 1:])
+                tails[k].addcmul_(total[k - 1], tails[k - 1])
+            carried = xm[:-1, chunk - 1].clone()
+            for t in range(chunk - 1):
+                xm[1:, t].add_(carried.mul_(mm[1:, t]))
         for t in range(K * chunk, T):
             x[t].addcmul_(m[t], x[t - 1])
 
