@@ -18,7 +18,8 @@ All attention runs through :func:`pixelforge.kernels.attention` (windows → W, 
 
 Tiled inference (:func:`pixelforge.infer.tiling.run_tiled`, tiles kept on the 16-px window grid): HAT-S x4 needs
 ``TILE_OVERLAP`` = 80 input pixels of overlap for tiled output to stay within 1/255 of whole-image output. Measured
-on a 192x192 real LR crop, fp32, output clamped to [0, 1] (no trained HAT weights are available here):
+on real LR crops (128x128 for tile 64, 192x192 for tiles 96/112), fp32, output clamped to [0, 1] (no trained HAT
+weights are available here):
 - random weights, official init: 16 px already suffice (tile 64: max 0.65/255; 32 px: 0.21/255; 48 px: 0.03/255);
 - random weights with every parameter perturbed (a deliberately sensitive network, output spread like an image):
   tile 64/overlap 16: 40/255, tile 64/32: 23/255, tile 64/48: 5.3/255, tile 96/64: 1.5/255, tile 112/80: 0.55/255.
