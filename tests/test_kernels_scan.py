@@ -163,6 +163,19 @@ def test_gradcheck_float64(monkeypatch, reverse, layouts, opts):
     assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradient_through_last_state_only(reverse):
+    inp = random_inputs(2, 4, 3, 11, "var3", "fixed", seed=6, dtype=torch.float64)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items() if v is not None}
+    refs = {k: v.detach().clone().requires_grad_(True) for k, v in leaves.items()}
+    _, last = _call({**inp, **leaves}, delta_softplus=True, return_last_state=True, reverse=reverse)
+    last.square().sum().backward()  # the output itself takes no part in the loss
+    sequential_scan(**{**inp, **refs}, delta_softplus=True, reverse=reverse)[1].square().sum().backward()
+    for k in leaves:
+        exp = refs[k].grad if refs[k].grad is not None else torch.zeros_like(refs[k])
+        torch.testing.assert_close(leaves[k].grad, exp, atol=1e-10, rtol=1e-8, msg=k)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_compute_in_float32(dtype):
     inp = random_inputs(2, 8, 4, 40, dtype=dtype, seed=2)

@@ -282,6 +282,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
         out = _gate(o, lay.z).to(u.dtype)
         last = last.transpose(1, 2).contiguous()
         if needs_grad:
+            ctx.set_materialize_grads(False)  # an unused out / last state arrives as None
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, o, *[s for s in states if s is not None])
             ctx.flags = (delta_softplus, reverse, [s is None for s in states])
         return out, last

@@ -281,6 +281,7 @@ class _TritonScan(torch.autograd.Function):
             REVERSE=reverse, B_VAR=b_var, C_VAR=c_var, SAVE_STATES=save,
             BLOCK_D=BD, BLOCK_N=triton.next_power_of_2(n), BLOCK_L=BL)
         if save:
+            ctx.set_materialize_grads(False)  # an unused out / last state arrives as None
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.meta = (delta_softplus, reverse, BD, BL)
         return out, last
@@ -311,7 +312,7 @@ class _TritonScan(torch.autograd.Function):
         zz = z if z is not None else u
         _scan_bwd[(b, triton.cdiv(d, BD))](
             u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
-            dout, states, dlast if dlast is not None else states,
+            dout, states, dlast.contiguous() if dlast is not None else states,
             du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part,
             *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(), *A.stride(), *sb, *sc,
             d, n, L, hd_b, hd_c, n_chunks,
