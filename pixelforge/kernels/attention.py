@@ -59,11 +59,18 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bi
         s = s + bias.to(cd)
     if mask is not None:
         s = s + mask.to(cd).unsqueeze(1)
-    return torch.matmul(_probs(s), v.to(cd)).to(q.dtype)
+    return torch.matmul(_probs(s, _may_mask_rows(bias, mask)), v.to(cd)).to(q.dtype)
 
 
-def _probs(s: torch.Tensor) -> torch.Tensor:
+def _may_mask_rows(bias: torch.Tensor | None, mask: torch.Tensor | None) -> bool:
+    """Whether some score row can be all -inf (only if the bias or the mask holds -inf: q·k is finite)."""
+    return any(t is not None and bool(torch.isneginf(t).any()) for t in (bias, mask))
+
+
+def _probs(s: torch.Tensor, may_mask_rows: bool) -> torch.Tensor:
     """Softmax over the last dim; rows of all -inf give zeros."""
+    if not may_mask_rows:
+        return torch.softmax(s, -1)
     empty = s.amax(-1, keepdim=True) == float("-inf")
     if empty.any():
         return torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
@@ -124,6 +131,7 @@ class _AttentionTrainableBias(torch.autograd.Function):
         dbias = torch.zeros(bias.shape, dtype=cd, device=q.device) if need_bias else None
         dmask = torch.zeros(mask.shape, dtype=cd, device=q.device) if need_mask else None
         rows = max(1, _MASK_GROUP_ELEMS // (H * Nq * Nk))
+        masked_rows = _may_mask_rows(bias, mask)
         for r0 in range(0, B * W, rows):
             r1 = min(r0 + rows, B * W)
             qc, kc, vc, doc = (t[r0:r1].to(cd) for t in (qf, kf, vf, dof))
@@ -133,7 +141,7 @@ class _AttentionTrainableBias(torch.autograd.Function):
             win = torch.arange(r0, r1, device=q.device) % W
             if mask is not None:
                 s += (mask.to(cd)[win] if mask.shape[0] > 1 else mask.to(cd)).unsqueeze(1)
-            p = _probs(s)
+            p = _probs(s, masked_rows)
             dv[r0:r1] = torch.matmul(p.transpose(-1, -2), doc)
             dp = torch.matmul(doc, vc.transpose(-1, -2))
             ds = torch._softmax_backward_data(dp, p, -1, cd)
