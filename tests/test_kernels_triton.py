@@ -41,6 +41,49 @@ def test_interpreter_subprocess():
     assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
 
 
+def _compile_cases():
+    """(kernel name, pointer dtypes, constexprs): one variant per kernel, mixing the branches the other tests take."""
+    f16, bf16, f32 = "*fp16", "*bf16", "*fp32"
+    attn = dict(HAS_BIAS=True, HAS_MASK=True, PRECISION="ieee", BLOCK_M=64, BLOCK_N=32, BLOCK_D=32, BLOCK_DV=16)
+    scan = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=4, BLOCK_N=16, BLOCK_L=32)
+    qkv = dict(Q=f16, K=f16, V=f16, Out=f16, dO=f16, dQ=f16, dK=f16, dV=f16)
+    return [
+        ("attention._attn_fwd", dict(qkv, Bias=f32, Mask=f32, Lse=f32), attn),
+        ("attention._attn_bwd_dkdv", dict(qkv, Bias=f32, Mask=f32, Lse=f32, Delta=f32),
+         dict(attn, HAS_MASK=False)),
+        ("attention._attn_bwd_dq", dict(qkv, Bias=f32, Mask=f32, Lse=f32, Delta=f32, dBias=f32, dMask=f32),
+         dict(attn, BIAS_GRAD=True, MASK_GRAD=True)),
+        ("scan._scan_fwd", dict(U=bf16, Delta=bf16, Z=bf16, Out=bf16, Cm=bf16),
+         dict(scan, REVERSE=True, B_VAR=False, C_VAR=True, SAVE_STATES=True)),
+        ("scan._scan_bwd", dict(U=f16, Delta=f16, Z=f16, dOut=f16, Bm=f16),
+         dict(scan, REVERSE=False, B_VAR=True, C_VAR=False, HAS_DLAST=True)),
+    ]
+
+
+@pytest.mark.skipif(INTERPRET, reason="compiles the real kernels")
+@pytest.mark.parametrize("name,ptrs,consts", _compile_cases(), ids=[c[0] for c in _compile_cases()])
+def test_kernels_compile_for_sm80(name, ptrs, consts):
+    """Lower each kernel to a cubin for sm_80 (no GPU needed): catches what the interpreter cannot (types, layouts)."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    import importlib
+
+    module, kernel = name.split(".")
+    fn = getattr(importlib.import_module(f"pixelforge.kernels.triton.{module}"), kernel)
+    pointers = {"Q", "K", "V", "Bias", "Mask", "Out", "Lse", "dO", "Delta", "dQ", "dK", "dV", "dBias", "dMask", "U",
+                "A", "Bm", "Cm", "Dskip", "Z", "DBias", "States", "Last", "dOut", "dLast", "dU", "dDelta", "dZ",
+                "dA_part", "dB_part", "dC_part", "dD_part", "dBias_part"}  # the rest: int32 sizes/strides, scale
+    signature = {a: "constexpr" if a in consts else ptrs.get(a, "*fp32") if a in pointers else
+                 "fp32" if a == "scale" else "i32" for a in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+                              target=GPUTarget("cuda", 80, 32))
+    assert compiled.asm["cubin"]
+
+
 def guarded(t: torch.Tensor, pad_last: int = 3) -> torch.Tensor:
     """A copy of t on DEVICE inside a NaN-filled buffer: rows padded by pad_last NaN columns, NaN before and after."""
     shape = tuple(t.shape[:-1]) + (t.shape[-1] + pad_last,)
