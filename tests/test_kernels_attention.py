@@ -181,3 +181,10 @@ def test_input_errors(kw, msg):
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=msg):
         attention(args["q"], args["k"], args["v"], bias=args["bias"], mask=args["mask"])
+
+
+def test_large_head_dims_stay_on_the_torch_path(monkeypatch):
+    """Channel attention (features = pixels) must not reach the Triton kernels, whatever the backend says."""
+    monkeypatch.setattr(attn_mod, "resolve_backend", lambda *tensors: "triton")
+    q, k, v, b, m = make(1, 1, 2, 8, 8, attn_mod.TRITON_MAX_HEAD_DIM + 16, mask=None)
+    torch.testing.assert_close(attention(q, k, v, bias=b).double(), naive(q, k, v, b), atol=2e-5, rtol=1e-4)

@@ -235,3 +235,10 @@ def test_import_is_quiet_and_lazy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "auto" and not proc.stderr, proc.stderr
+
+
+def test_large_states_stay_on_the_torch_path(monkeypatch):
+    monkeypatch.setattr(scan_mod, "resolve_backend", lambda *tensors: "triton")
+    inp = random_inputs(1, 2, scan_mod.TRITON_MAX_DSTATE + 1, 4, seed=0)
+    out = _call(inp, delta_softplus=True)
+    torch.testing.assert_close(out.double(), sequential_scan(**inp, delta_softplus=True)[0], atol=1e-5, rtol=1e-4)

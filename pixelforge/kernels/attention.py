@@ -23,6 +23,9 @@ from .dispatch import resolve_backend
 
 __all__ = ["attention", "attention_reference"]
 
+# The Triton kernels keep a (block, head dim) tile in registers: larger head dims (channel attention over pixels,
+# single-head VQ-VAE attention) take the PyTorch path whatever the backend.
+TRITON_MAX_HEAD_DIM = 128
 # Elements of a summed bias + mask group (windows × H × Nq × Nk) on the fast path, and of one group of recomputed
 # scores in the trainable-bias backward.
 _MASK_GROUP_ELEMS = 1 << 21
@@ -173,9 +176,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.
         scale: defaults to D ** -0.5.
     Returns:
         (B, W, H, Nq, Dv) in q's dtype. A query whose scores are all -inf gets a zero output.
+
+    Backend: see :mod:`pixelforge.kernels.dispatch`; head dims above ``TRITON_MAX_HEAD_DIM`` always run the
+    PyTorch path.
     """
     _check_inputs(q, k, v, bias, mask)
-    if resolve_backend(q) == "triton":
+    if resolve_backend(q) == "triton" and max(q.shape[-1], v.shape[-1]) <= TRITON_MAX_HEAD_DIM:
         from .triton.attention import attention_triton
 
         return attention_triton(q, k, v, bias=bias, mask=mask, scale=scale)

@@ -29,6 +29,8 @@ from .dispatch import resolve_backend
 
 __all__ = ["selective_scan"]
 
+# The Triton kernels hold (channels, dstate, positions) tiles in registers: larger states take the PyTorch path.
+TRITON_MAX_DSTATE = 64
 # Elements (positions × b × n × d) of one work buffer; a time block holds at most this many.
 _BLOCK_ELEMS = 1 << 20
 # Rows (b × n × d) at least this wide are scanned position by position; narrower ones use the two-level scan.
@@ -347,9 +349,12 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns:
         out (b, d, L) in u's dtype, and with ``return_last_state`` the last state (b, d, n) in float32
         (float64 for float64 u). States and sums are computed in float32 whatever the input dtype.
+
+    Backend: see :mod:`pixelforge.kernels.dispatch`; a state size above ``TRITON_MAX_DSTATE`` always runs the
+    PyTorch path.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if resolve_backend(u) == "triton":
+    if resolve_backend(u) == "triton" and A.shape[1] <= TRITON_MAX_DSTATE:
         from .triton.scan import selective_scan_triton
 
         out, last = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
