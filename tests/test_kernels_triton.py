@@ -36,7 +36,7 @@ def test_interpreter_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-x", "-p", "no:cacheprovider",
-                           "-k", "not subprocess"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+                           "-k", "not subprocess and not compile_for_sm80"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"interpreter run failed (rc {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
 
