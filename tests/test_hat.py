@@ -143,7 +143,7 @@ def test_tiled_inference_matches_whole_image():
     """Tiles on the window grid with enough overlap reproduce whole-image inference within 1/255.
 
     Small HAT (window 8, 2 groups of 2 HABs, official init), an odd-sized real crop: 16 px of overlap suffice
-    (measured 0.07/255; 8 px: 2.5/255). HAT-S needs more, see ``pixelforge.vision.hat.TILE_OVERLAP``.
+    (measured 0.07/255; 8 px: 2.5/255). HAT-S needs more, see ``HATBackbone.tile_overlap``.
     """
     torch.manual_seed(0)
     model = pixelforge.create_model("hat_s_x4", **SMALL).eval()

@@ -96,3 +96,20 @@ def test_cfsr_tiled_matches_whole_image():
     ref = run_tiled(model, x)
     out = run_tiled(model, x, tile=64, overlap=32)  # 2x2 tiles
     assert (out - ref).abs().max() < 1 / 255
+
+
+def test_overlap_defaults_to_the_models_recommendation():
+    """Without an explicit overlap the model's ``tile_overlap`` is used (clamped to the tile); HAT asks for 80 px."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)).eval()
+    x = torch.rand(1, 3, 40, 44)
+    model.tile_overlap = 12
+    default = run_tiled(model, x, tile=16)
+    assert torch.equal(default, run_tiled(model, x, tile=16, overlap=12))
+    assert not torch.equal(default, run_tiled(model, x, tile=16, overlap=4))
+    model.tile_overlap = 100  # larger than the tile: clamped, not an error (an explicit 100 is one)
+    assert torch.equal(run_tiled(model, x, tile=16), run_tiled(model, x, tile=16, overlap=15))
+    with pytest.raises(ValueError, match="overlap"):
+        run_tiled(model, x, tile=16, overlap=100)
+    assert pixelforge.create_model("hat_s_x4", pretrained=False).tile_overlap == 80
+    assert pixelforge.create_model("cfsr_x4", pretrained=False).tile_overlap == 32

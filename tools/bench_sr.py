@@ -190,23 +190,24 @@ class FirstTileOnly(torch.nn.Module):
 
 
 def bench_tiled(models, height, width, tile, overlap, precisions, full: bool, title: str) -> None:
-    print(f"\n## {title}: {width}x{height} input, tile {tile}, overlap {overlap}")
+    print(f"\n## {title}: {width}x{height} input, tile {tile}, overlap {overlap or 'per model'}")
     for name in models:
         model = build(name)
-        n_tiles = (len(tile_starts(height, min(tile, height), overlap)) *
-                   len(tile_starts(width, min(tile, width), overlap)))
+        ov = model.tile_overlap if overlap is None else overlap
+        n_tiles = (len(tile_starts(height, min(tile, height), ov)) *
+                   len(tile_starts(width, min(tile, width), ov)))
         image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
         for prec in precisions:
             if full:
                 start = CLOCK()
-                peak = peak_bytes(lambda: run_tiled(model, image, tile=tile, overlap=overlap, precision=prec))
+                peak = peak_bytes(lambda: run_tiled(model, image, tile=tile, overlap=ov, precision=prec))
                 total, how = CLOCK() - start, "measured"
             else:
                 proxy = FirstTileOnly(model)
-                peak = peak_bytes(lambda: run_tiled(proxy, image, tile=tile, overlap=overlap, precision=prec))
+                peak = peak_bytes(lambda: run_tiled(proxy, image, tile=tile, overlap=ov, precision=prec))
                 total, how = proxy.first_time * n_tiles, f"1 tile {proxy.first_time:.2f} s x {n_tiles}"
-            print(f"{name:10} {prec}: {n_tiles} tiles, time {total:8.1f} s ({how}), peak {peak / GiB:.2f} GiB "
-                  f"+ weights {param_bytes(model) / GiB:.3f} GiB + input {image.nbytes / GiB:.3f} GiB", flush=True)
+            print(f"{name:10} {prec}: {n_tiles} tiles (overlap {ov}), time {total:8.1f} s ({how}), "
+                  f"peak {peak / GiB:.2f} GiB + weights {param_bytes(model) / GiB:.3f} GiB + input {image.nbytes / GiB:.3f} GiB", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------- psnr
@@ -248,7 +249,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--overlap", type=int, default=hat_mod.TILE_OVERLAP)
+    parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: each model's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the (slower) profiled memory runs")
     parser.add_argument("--full", action="store_true", help="really run every tile of the tiled sections")
     parser.add_argument("--cpu-time", action="store_true",

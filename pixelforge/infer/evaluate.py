@@ -50,7 +50,7 @@ def find_pairs(data: str | Path, scale: int) -> list[tuple[str, Path, Path]]:
 
 
 def evaluate_sr(model: nn.Module, pairs: list[tuple[str, Path, Path]], scale: int, crop_border: int | None = None,
-                tile: int | None = None, overlap: int = 32, precision: str = "fp32",
+                tile: int | None = None, overlap: int | None = None, precision: str = "fp32",
                 device: torch.device | None = None, progress: bool = False) -> dict:
     """Y-PSNR/SSIM of ``model`` on LR/HR pairs.
 
@@ -125,7 +125,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--crop-border", type=int, metavar="C", help="pixels ignored on each side (default: scale)")
     parser.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
     parser.add_argument("--tile", type=int, default=0, metavar="N", help="tile size (default 0: whole images)")
-    parser.add_argument("--tile-overlap", type=int, default=32, metavar="M", help="tile overlap (default 32)")
+    parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
+                        help="tile overlap (default: the model's recommendation)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="default fp32")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     parser.set_defaults(func=_run_eval)

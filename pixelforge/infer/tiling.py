@@ -72,7 +72,7 @@ def _forward(model: nn.Module, x: torch.Tensor, multiple: int, scale: int) -> to
     return model(_pad_to(x, multiple))[..., : h * scale, : w * scale]
 
 
-def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, overlap: int = 16,
+def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, overlap: int | None = None,
               precision: str = "fp32", device: torch.device | str | None = None) -> torch.Tensor:
     """Run an image-to-image model over ``image`` in overlapping tiles.
 
@@ -81,7 +81,8 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
             ``model.spatial_multiple`` (default 1) is the size multiple it needs; tiles are rounded up to it.
         image: (B, C, H, W) float in [0, 1], on any device.
         tile: tile side in input pixels; None (or ≥ the image) runs the whole image at once.
-        overlap: input pixels shared by neighbouring tiles (0 ≤ overlap < tile); they are blended.
+        overlap: input pixels shared by neighbouring tiles (0 ≤ overlap < tile); they are blended. None: the
+            model's ``tile_overlap`` (default 16).
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast); non-finite outputs raise NonFiniteOutputError.
         device: where the model runs (default: the device of its parameters). Tiles move there one at a time.
     Returns:
@@ -97,13 +98,16 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
     multiple = int(getattr(model, "spatial_multiple", 1))
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
+    model_overlap = overlap is None  # the model's recommendation is clamped to the tile, an explicit value checked
+    if model_overlap:
+        overlap = int(getattr(model, "tile_overlap", 16))
     if tile is None:
         th, tw, overlap = height, width, 0
     else:
         if tile <= 0:
             raise ValueError(f"tile must be positive, got {tile}")
         tile = -(-tile // multiple) * multiple
-        if not 0 <= overlap < tile:
+        if not (model_overlap or 0 <= overlap < tile):
             raise ValueError(f"tile overlap must be in [0, tile), got {overlap} with tile {tile}")
         # keep every tile on the model's window grid (as in whole-image inference): pad the image to the multiple
         # and round the overlap up to it, so all tile starts are multiples of it

@@ -51,8 +51,9 @@ def add_image_to_image_arguments(parser: argparse.ArgumentParser, default_model:
                              "default: the model's bundled pretrained weights")
     parser.add_argument("--tile", type=int, default=512, metavar="N",
                         help="tile size in input pixels; 0 processes whole images at once (default 512)")
-    parser.add_argument("--tile-overlap", type=int, default=32, metavar="M",
-                        help="pixels shared by neighbouring tiles, blended (default 32)")
+    parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
+                        help="pixels shared by neighbouring tiles, blended (default: the model's receptive-field "
+                             "recommendation, e.g. 80 for HAT, 32 for most others)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="fp32, or bf16/fp16 autocast (default fp32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
@@ -101,7 +102,7 @@ def _model_channels(model: nn.Module) -> int:
     return int(getattr(model, "in_chans", getattr(getattr(model, "backbone", None), "in_chans", 3)))
 
 
-def process_image(model: nn.Module, image: ImageData, tile: int | None = None, overlap: int = 32,
+def process_image(model: nn.Module, image: ImageData, tile: int | None = None, overlap: int | None = None,
                   precision: str = "fp32", device: torch.device | None = None) -> ImageData:
     """Run an image-to-image model on a decoded image; alpha is resized on its own (bicubic) and kept.
 
@@ -157,7 +158,8 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
     try:
         jobs = _collect_jobs(args.inputs, args.output)
         device = resolve_device(args.device)
-        if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
+        overlap = args.tile_overlap
+        if args.tile < 0 or (overlap is not None and (overlap < 0 or (args.tile and overlap >= args.tile))):
             raise CommandError(f"need --tile >= 0 and --tile-overlap in [0, --tile), got --tile {args.tile} and "
                                f"--tile-overlap {args.tile_overlap}")
         tile = args.tile or None

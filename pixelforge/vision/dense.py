@@ -15,12 +15,14 @@ class DenseBackbone(nn.Module):
     """Base class of backbones that keep the spatial size: (B, in_chans, H, W) → (B, num_features, H, W).
 
     Subclasses set ``num_features`` and implement ``forward_features`` (on the normalised image; shallow conv, deep
-    body and the body residual included). ``spatial_multiple`` is the size multiple the body needs; ``pad_input``
-    applies the official inference padding (none by default).
+    body and the body residual included). ``spatial_multiple`` is the size multiple the body needs; ``tile_overlap``
+    the input pixels neighbouring tiles should share for seamless tiled inference (its receptive field);
+    ``pad_input`` applies the official inference padding (none by default).
     """
 
     num_features: int
     spatial_multiple: int = 1
+    tile_overlap: int = 32
 
     def pad_input(self, x: torch.Tensor) -> torch.Tensor:
         """Pad (B, C, H, W) as the official inference does before the forward; the output is cropped back."""
@@ -51,6 +53,10 @@ class DenseImageModel(nn.Module):
     @property
     def spatial_multiple(self) -> int:
         return self.backbone.spatial_multiple
+
+    @property
+    def tile_overlap(self) -> int:
+        return self.backbone.tile_overlap
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised, padded image (B, C, H', W') → features (B, num_features, H', W')."""

@@ -17,7 +17,7 @@ All attention runs through :func:`pixelforge.kernels.attention` (windows → W, 
 (0 in every release).
 
 Tiled inference (:func:`pixelforge.infer.tiling.run_tiled`, tiles kept on the 16-px window grid): HAT-S x4 needs
-``TILE_OVERLAP`` = 80 input pixels of overlap for tiled output to stay within 1/255 of whole-image output. Measured
+``HATBackbone.tile_overlap`` = 80 input pixels (the default of ``run_tiled`` and of the CLIs' ``--tile-overlap``) of overlap for tiled output to stay within 1/255 of whole-image output. Measured
 on real LR crops (128x128 for tile 64, 192x192 for tiles 96/112), fp32, output clamped to [0, 1] (no trained HAT
 weights are available here):
 - random weights, official init: 16 px already suffice (tile 64: max 0.65/255; 32 px: 0.21/255; 48 px: 0.03/255);
@@ -43,11 +43,7 @@ from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_
 from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
 from .dense import DenseBackbone, DenseImageModel
 
-__all__ = ["HATBackbone", "checkpoint_filter_fn", "TILE_OVERLAP"]
-
-# Input-pixel overlap between tiles for tiled HAT-S x4 output to stay within 1/255 of whole-image output (measured on
-# a deliberately sensitive random HAT-S; see the module docstring).
-TILE_OVERLAP = 80
+__all__ = ["HATBackbone", "checkpoint_filter_fn"]
 
 
 class CAB(nn.Module):
@@ -207,6 +203,8 @@ class HATBackbone(DenseBackbone):
         officially). mask_value: the shift-mask value (official −100).
     Shapes: forward_features (B, in_chans, H, W) → (B, embed_dim, H, W) with H, W multiples of M.
     """
+
+    tile_overlap = 80  # tiled HAT-S x4 output within 1/255 of whole-image output (module docstring)
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 180, depths: tuple[int, ...] = (6,) * 6,
                  num_heads: int | tuple[int, ...] = 6, window_size: int = 16, compress_ratio: int = 3,
