@@ -100,6 +100,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
     for enable in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(enable)
+        torch.manual_seed(1)  # the same attention-dropout draws: recomputation must replay them
         model(x).square().sum().backward()
         grads.append(model.tokenizer.convs[0].weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
@@ -116,3 +117,16 @@ def test_manifests_cover_the_official_names():
         pytest.skip("keys manifests not available")
     assert names <= set(pixelforge.list_models("cct_*"))
     assert all(json.loads((PARITY / "keys" / f"{n}.json").read_text())["wrapper"] is None for n in names)
+
+
+def test_attention_dropout_in_training_only():
+    """Official CCT drops attention probabilities (p = attention_dropout, 0.1) in training; eval is deterministic."""
+    torch.manual_seed(0)
+    model = pixelforge.create_model("cct_2_3x2_32", drop_path_rate=0.0)
+    assert model.blocks[0].attn.attn_drop == 0.1
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    quiet = pixelforge.create_model("cct_2_3x2_32", drop_path_rate=0.0, attn_drop_rate=0.0)
+    assert torch.equal(quiet(x), quiet(x))

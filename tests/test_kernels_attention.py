@@ -188,3 +188,23 @@ def test_large_head_dims_stay_on_the_torch_path(monkeypatch):
     monkeypatch.setattr(attn_mod, "resolve_backend", lambda *tensors: "triton")
     q, k, v, b, m = make(1, 1, 2, 8, 8, attn_mod.TRITON_MAX_HEAD_DIM + 16, mask=None)
     torch.testing.assert_close(attention(q, k, v, bias=b).double(), naive(q, k, v, b), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias_grad", [False, True])
+def test_dropout_on_probabilities(bias_grad):
+    """dropout_p drops attention probabilities and rescales the rest: with v = 1 every output is
+    (sum of kept probabilities) / (1 - p), 1 on average; p = 0 is the plain op; gradients flow to a trainable bias."""
+    q, k, _, b, m = make(2, 3, 2, 16, 16, 8, mask="finite")
+    v = torch.ones(2, 3, 2, 16, 8)
+    b.requires_grad_(bias_grad)
+    torch.testing.assert_close(attention(q, k, v, bias=b, mask=m, dropout_p=0.0), torch.ones_like(v))
+    torch.manual_seed(0)
+    out = attention(q, k, v, bias=b, mask=m, dropout_p=0.5)
+    assert (out - 1).abs().amax() > 0.2 and abs(out.mean().item() - 1) < 0.1
+    torch.manual_seed(0)
+    assert torch.equal(out, attention(q, k, v, bias=b, mask=m, dropout_p=0.5))  # seeded: reproducible
+    if bias_grad:
+        out.square().sum().backward()
+        assert b.grad is not None and b.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="dropout_p"):
+        attention(q, k, v, dropout_p=1.0)

@@ -12,7 +12,9 @@ PyTorch paths:
 - explicit path (:func:`attention_reference`): scores, softmax and weighted sum written out in float32, the
   reference in tests and benchmarks.
 Rows whose scores are all -inf (a query that may attend to nothing) give a zero output and zero gradients on every
-path.
+path. Attention-probability dropout (``dropout_p`` > 0, training only) runs in SDPA on the fast path and on the
+probabilities of the explicit path when the bias or mask is trainable; the Triton kernels have no dropout, so such
+calls take the PyTorch path.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def _check_inputs(q, k, v, bias, mask) -> None:
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.Tensor | None = None,
-                        mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+                        mask: torch.Tensor | None = None, scale: float | None = None,
+                        dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q·kᵀ·scale + bias + mask)·v written out in float32 (float64 for float64 inputs).
 
     Same arguments and result as :func:`attention`; memory B·W·H·Nq·Nk. Fully masked rows give zeros.
@@ -62,7 +65,10 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bi
         s = s + bias.to(cd)
     if mask is not None:
         s = s + mask.to(cd).unsqueeze(1)
-    return torch.matmul(_probs(s, _may_mask_rows(bias, mask)), v.to(cd)).to(q.dtype)
+    p = _probs(s, _may_mask_rows(bias, mask))
+    if dropout_p > 0:
+        p = F.dropout(p, dropout_p)
+    return torch.matmul(p, v.to(cd)).to(q.dtype)
 
 
 def _may_mask_rows(bias: torch.Tensor | None, mask: torch.Tensor | None) -> bool:
@@ -80,11 +86,11 @@ def _probs(s: torch.Tensor, may_mask_rows: bool) -> torch.Tensor:
     return torch.softmax(s, -1)
 
 
-def _sdpa(q, k, v, attn_mask, scale):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+def _sdpa(q, k, v, attn_mask, scale, dropout_p=0.0):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p)
 
 
-def _attention_fast(q, k, v, bias, mask, scale):
+def _attention_fast(q, k, v, bias, mask, scale, dropout_p=0.0):
     """The SDPA path on 4-D views; see the module docstring."""
     B, W, H, Nq, D = q.shape
     Nk = k.shape[3]
@@ -96,18 +102,18 @@ def _attention_fast(q, k, v, bias, mask, scale):
         mask = None
     if mask is None:
         am = None if bias is None else bias.unsqueeze(0)
-        out = _sdpa(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), am, scale)
+        out = _sdpa(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), am, scale, dropout_p)
         return out.unflatten(0, (B, W))
     # mask over several windows: batch = windows of one sample, the (W, 1 or H, Nq, Nk) mask broadcast by stride
     m = mask.unsqueeze(1)
     if bias is None:
-        return torch.stack([_sdpa(q[b], k[b], v[b], m, scale) for b in range(B)])
+        return torch.stack([_sdpa(q[b], k[b], v[b], m, scale, dropout_p) for b in range(B)])
     group = max(1, _MASK_GROUP_ELEMS // (H * Nq * Nk))
     parts = []
     for w0 in range(0, W, group):
         am = bias.unsqueeze(0) + m[w0:w0 + group]
-        parts.append(torch.stack([_sdpa(q[b, w0:w0 + group], k[b, w0:w0 + group], v[b, w0:w0 + group], am, scale)
-                                  for b in range(B)]))
+        parts.append(torch.stack([_sdpa(q[b, w0:w0 + group], k[b, w0:w0 + group], v[b, w0:w0 + group], am, scale,
+                                        dropout_p) for b in range(B)]))
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
@@ -164,7 +170,7 @@ class _AttentionTrainableBias(torch.autograd.Function):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.Tensor | None = None,
-              mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+              mask: torch.Tensor | None = None, scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q·kᵀ·scale + bias + mask)·v over windows.
 
     Args:
@@ -174,6 +180,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.
         mask: (W, Nq, Nk) additive (0 / -inf, or a finite penalty), shared over batch and heads; may hold -inf;
             a (1, Nq, Nk) mask applies to every window.
         scale: defaults to D ** -0.5.
+        dropout_p: dropout on the attention probabilities (pass 0 outside training, as with SDPA).
     Returns:
         (B, W, H, Nq, Dv) in q's dtype. A query whose scores are all -inf gets a zero output.
 
@@ -181,13 +188,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.
     PyTorch path.
     """
     _check_inputs(q, k, v, bias, mask)
-    if resolve_backend(q) == "triton" and max(q.shape[-1], v.shape[-1]) <= TRITON_MAX_HEAD_DIM:
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if (resolve_backend(q) == "triton" and max(q.shape[-1], v.shape[-1]) <= TRITON_MAX_HEAD_DIM
+            and dropout_p == 0):
         from .triton.attention import attention_triton
 
         return attention_triton(q, k, v, bias=bias, mask=mask, scale=scale)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (bias, mask)):
-        if q.shape[:4].numel() * k.shape[3] <= _MASK_GROUP_ELEMS:  # one group: plain autograd is cheaper
-            return attention_reference(q, k, v, bias=bias, mask=mask, scale=scale)
+        if dropout_p > 0 or q.shape[:4].numel() * k.shape[3] <= _MASK_GROUP_ELEMS:  # one group: autograd is cheaper
+            return attention_reference(q, k, v, bias=bias, mask=mask, scale=scale, dropout_p=dropout_p)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         return _AttentionTrainableBias.apply(q, k, v, bias, mask, scale)
-    return _attention_fast(q, k, v, bias, mask, scale)
+    return _attention_fast(q, k, v, bias, mask, scale, dropout_p)

@@ -94,11 +94,11 @@ class CCTAttention(nn.Module):
     Shapes: (B, N, C) → (B, N, C).
     """
 
-    def __init__(self, dim: int, num_heads: int, proj_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        self.num_heads, self.attn_drop = num_heads, attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -107,7 +107,7 @@ class CCTAttention(nn.Module):
         """(B, N, C) → (B, N, C)."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, 1, n, 3, self.num_heads, c // self.num_heads).permute(3, 0, 1, 4, 2, 5)
-        y = attention(qkv[0], qkv[1], qkv[2])  # (B, 1, H, N, D)
+        y = attention(qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0)  # (B, 1, H, N, D)
         y = y.permute(0, 1, 3, 2, 4).reshape(b, n, c)
         return self.proj_drop(self.proj(y))
 
@@ -122,10 +122,11 @@ class CCTBlock(nn.Module):
     Shapes: (B, N, C) → (B, N, C).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float = 0.0, drop_path: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = CCTAttention(dim, num_heads, proj_drop=drop)
+        self.attn = CCTAttention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -150,10 +151,8 @@ class CCT(nn.Module):
         global_pool: ``"seq"`` (sequence pooling, CCT/CVT) or ``"token"`` (class token at index 0, ViT-Lite).
         pos_embed: ``"learnable"`` (init trunc-normal std 0.2), ``"sine"`` (fixed sinusoid buffer) or ``"none"``.
         drop_rate: dropout after the embedding, on the attention projection and in the MLP.
+        attn_drop_rate: attention-probability dropout in training (official ``attention_dropout``, 0.1).
         drop_path_rate: stochastic depth, ``linspace(0, rate, depth)``.
-
-    The reference also applies attention-probability dropout (0.1) in training; the shared attention op has no
-    dropout, so it is not applied here (evaluation is identical).
 
     Shapes: (B, in_chans, img_size, img_size) → (B, num_classes).
     """
@@ -162,7 +161,8 @@ class CCT(nn.Module):
                  depth: int = 14, num_heads: int = 6, mlp_ratio: float = 4.0, tokenizer: str = "conv",
                  n_conv_layers: int = 1, kernel_size: int = 7, stride: int = 2, padding: int = 3,
                  pool: tuple[int, int, int] = (3, 2, 1), conv_planes: int = 64, global_pool: str = "seq",
-                 pos_embed: str = "learnable", drop_rate: float = 0.0, drop_path_rate: float = 0.1):
+                 pos_embed: str = "learnable", drop_rate: float = 0.0, attn_drop_rate: float = 0.1,
+                 drop_path_rate: float = 0.1):
         super().__init__()
         if global_pool not in ("seq", "token"):
             raise ValueError(f"global_pool must be 'seq' or 'token', got {global_pool!r}")
@@ -187,7 +187,7 @@ class CCT(nn.Module):
             self.pos_embed = None
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-        self.blocks = nn.ModuleList(CCTBlock(embed_dim, num_heads, mlp_ratio, drop_rate, dpr[i])
+        self.blocks = nn.ModuleList(CCTBlock(embed_dim, num_heads, mlp_ratio, drop_rate, attn_drop_rate, dpr[i])
                                     for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim)
         self.attn_pool = nn.Linear(embed_dim, 1) if global_pool == "seq" else None
@@ -377,7 +377,8 @@ def _official_build(state: dict, config: dict) -> CCT:
               config.get("pooling_padding", 1)),
         conv_planes=conv0.shape[0] if n_conv > 1 else 64,
         global_pool="token" if "classifier.class_emb" in state else "seq", pos_embed=pe,
-        drop_rate=config.get("dropout", 0.0), drop_path_rate=config.get("stochastic_depth", 0.1))
+        drop_rate=config.get("dropout", 0.0), attn_drop_rate=config.get("attention_dropout", 0.1),
+        drop_path_rate=config.get("stochastic_depth", 0.1))
     return load_weights(CCT(**args), state, checkpoint_filter_fn)
 
 
