@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
+from ..layers.init import init_transformer_weights
 from ..layers.pos_embed import resample_grid_pos_embed, sinusoidal_table
 from ..zoo import build_model, load_weights, register_family, register_model
 
@@ -195,19 +196,9 @@ class CCT(nn.Module):
         r = self.tokenizer.reduction()
         self.feature_info = [dict(num_chs=embed_dim, reduction=r, module=f"blocks.{i}") for i in range(depth)]
         self.grad_checkpointing = False
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
         if pos_embed == "learnable":
             trunc_normal_(self.pos_embed, std=0.2)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

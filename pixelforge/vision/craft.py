@@ -27,11 +27,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, Mlp, trunc_normal_
+from timm.layers import LayerNorm2d, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
+from ..layers.init import init_transformer_weights
 from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads, pad_to_multiple,
                              relative_coordinates, relative_position_index, window_layout)
@@ -295,7 +296,7 @@ class CRAFTBackbone(DenseBackbone):
         self.norm = LayerNorm2d(embed_dim, eps=1e-5)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1) if resi_connection == "1conv" \
             else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
     def pad_input(self, x: torch.Tensor) -> torch.Tensor:
         """``script``: mirror-pad (edge repeated) bottom/right to the *next* multiple, always (1…m px);
@@ -322,17 +323,6 @@ class CRAFTBackbone(DenseBackbone):
         for layer in self.layers:
             y = layer(y, pos)
         return self.conv_after_body(self.norm(y)) + x
-
-
-def _init_weights(m: nn.Module) -> None:
-    """Official init: truncated normal (std 0.02) Linear weights, zero biases, unit LayerNorms."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 _BUFFERS = ("relative_position_index_h", "relative_position_index_v", "biases_h", "biases_v")

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
 from ..layers.channel_attention import ChannelAttention
+from ..layers.init import init_transformer_weights
 from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads,
                              overlap_relative_position_index, overlapping_windows, pad_to_multiple,
@@ -270,14 +271,8 @@ class HATBackbone(DenseBackbone):
 
 def _init_weights(m: nn.Module) -> None:
     """Official init: truncated normal (std 0.02) Linear weights and bias tables, zero biases, unit LayerNorms."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, (WindowAttention, OCAB)):
+    init_transformer_weights(m)
+    if isinstance(m, (WindowAttention, OCAB)):
         trunc_normal_(m.relative_position_bias_table, std=0.02)
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
+from ..layers.init import init_transformer_weights
 from ..layers.vgg import VGG19Features
 from ..layers.window import (gather_relative_position_bias, merge_heads, pad_to_multiple, relative_position_index,
                              shift_window_mask, split_heads, window_partition, window_reverse)
@@ -147,7 +148,7 @@ class SelfAttentionStage(nn.Module):
             for d, h, s in zip(depths, num_heads, starts))
         self.norm = nn.LayerNorm(dim)
         self.conv_after_body = nn.Conv2d(dim, dim, 3, 1, 1)
-        self.apply(_init_transformer)
+        self.apply(init_transformer_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, h, w) → (B, dim, h, w)."""
@@ -161,16 +162,6 @@ class SelfAttentionStage(nn.Module):
             y = layer(y, mask)
         y = self.conv_after_body(self.norm(y).permute(0, 3, 1, 2)) + x
         return y[..., :h, :w]
-
-
-def _init_transformer(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 class PyramidPooling(nn.Module):
