@@ -275,3 +275,20 @@ def test_latent_size_must_match_last_scale():
     _, vqvae = _tiny_pair(False)
     with pytest.raises(ValueError, match="last scale 4x4"):
         vqvae.img_to_idx(torch.zeros(1, 3, 16, 16))
+
+
+def test_quantizer_runs_in_float32_under_bf16_autocast():
+    """Tokenising inside a bf16-autocast training step (codebook re-seeding, evaluation) quantises in float32:
+    the same tokens as outside autocast, also for a bfloat16 latent."""
+    _, vqvae = _tiny_pair(False)
+    q = vqvae.quantize
+    f = torch.randn(2, q.dim, 4, 4)
+    ref = q.f_to_idx(f)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = q.f_to_idx(f)
+        x = torch.rand(2, 3, 8, 8) * 2 - 1
+        tokens = vqvae.img_to_idx(x)
+        recon, vq_loss, _ = vqvae.train()(x)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    assert [t.shape for t in tokens] == [(2, 1), (2, 4), (2, 16)] and vq_loss.dtype == torch.float32
+    assert all(t.shape == r.shape for t, r in zip(q.f_to_idx(f.bfloat16()), ref))

@@ -116,20 +116,21 @@ class MultiScaleQuantizer(nn.Module):
 
         Returns:
             one (B, p_k²) int64 token map per scale, or with ``to_fhat`` the cumulative f_hat (B, dim, H, W) after
-            each scale.
+            each scale. Runs in float32 whatever the autocast state (as :meth:`forward`).
         """
         self._check_latent(f)
         b, c, h, w = f.shape
-        f_rest = f.detach().clone()
-        f_hat = torch.zeros_like(f_rest)
         out = []
-        for si, pn in enumerate(self.patch_nums):
-            z = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != self.num_scales - 1 else f_rest
-            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn * pn)
-            contrib = self.upsample_and_phi(si, self.code_map(idx), h)
-            f_hat.add_(contrib)
-            f_rest.sub_(contrib)
-            out.append(f_hat.clone() if to_fhat else idx)
+        with torch.autocast(f.device.type, enabled=False):
+            f_rest = f.detach().float().clone()
+            f_hat = torch.zeros_like(f_rest)
+            for si, pn in enumerate(self.patch_nums):
+                z = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != self.num_scales - 1 else f_rest
+                idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn * pn)
+                contrib = self.upsample_and_phi(si, self.code_map(idx), h)
+                f_hat.add_(contrib)
+                f_rest.sub_(contrib)
+                out.append(f_hat.clone() if to_fhat else idx)
         return out
 
     def idx_to_fhat(self, idx_list: Sequence[torch.Tensor], cumulative: bool = False
