@@ -13,8 +13,8 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..zoo import build_model, register_family, register_model
-from .dense import DenseBackbone, DenseImageModel
+from ..zoo import register_family, register_model
+from .dense import DenseBackbone, DenseImageModel, build_dense_model
 
 __all__ = ["CFSRBackbone", "checkpoint_filter_fn"]
 
@@ -242,16 +242,9 @@ def checkpoint_filter_fn(state_dict: dict, model: DenseImageModel) -> dict:
 
 def _create_cfsr(variant: str, pretrained: bool = False, **kwargs) -> DenseImageModel:
     defaults = dict(embed_dim=48, depths=(6, 6), dw_size=9, mlp_ratio=2, upscale=4, upsampler="pixelshuffledirect")
-    args = {**defaults, **kwargs}
     backbone_keys = ("in_chans", "embed_dim", "depths", "dw_size", "mlp_ratio", "deploy")
-    bb_args = {k: args.pop(k) for k in backbone_keys if k in args}
-
-    def model_cls(**head_args):
-        return DenseImageModel(CFSRBackbone(**bb_args), **head_args)
-
-    if args.get("head", "upsample") != "upsample":
-        args.pop("upscale", None), args.pop("upsampler", None)
-    return build_model(model_cls, variant, pretrained, {}, filter_fn=checkpoint_filter_fn, **args)
+    return build_dense_model(CFSRBackbone, backbone_keys, variant, pretrained, checkpoint_filter_fn,
+                             **{**defaults, **kwargs})
 
 
 def _official_detect(state: dict) -> bool:

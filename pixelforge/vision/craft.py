@@ -36,8 +36,8 @@ from ..layers.init import init_transformer_weights
 from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads, pad_to_multiple,
                              relative_coordinates, relative_position_index, window_layout)
-from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
-from .dense import DenseBackbone, DenseImageModel
+from ..zoo import CheckpointError, load_weights, register_family, register_model
+from .dense import DenseBackbone, DenseImageModel, build_dense_model
 
 __all__ = ["CRAFTBackbone", "checkpoint_filter_fn"]
 
@@ -375,16 +375,8 @@ def _create_craft(variant: str, pretrained: bool = False, **kwargs) -> DenseImag
     img_range and timm/zoo arguments). The official reconstruction is one conv + PixelShuffle."""
     defaults = dict(embed_dim=48, depths=(2, 2, 2, 2), num_heads=6, split_size_0=4, split_size_1=16, mlp_ratio=2.0,
                     upscale=4, upsampler="pixelshuffledirect")
-    args = {**defaults, **kwargs}
-    bb_args = {k: args.pop(k) for k in _BACKBONE_ARGS if k in args}
-    if args.get("head", "upsample") != "upsample":
-        args.pop("upscale", None), args.pop("upsampler", None)
-
-    def model_cls(**head_args):
-        head_args.setdefault("out_chans", bb_args.get("in_chans", 3))
-        return DenseImageModel(CRAFTBackbone(**bb_args), **head_args)
-
-    return build_model(model_cls, variant, pretrained, {}, filter_fn=checkpoint_filter_fn, **args)
+    return build_dense_model(CRAFTBackbone, _BACKBONE_ARGS, variant, pretrained, checkpoint_filter_fn,
+                             **{**defaults, **kwargs})
 
 
 def _official_detect(state: dict) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..zoo import build_model
 from .heads import create_image_head
 
-__all__ = ["DenseBackbone", "DenseImageModel", "DEFAULT_RGB_MEAN"]
+__all__ = ["DenseBackbone", "DenseImageModel", "DEFAULT_RGB_MEAN", "build_dense_model"]
 
 DEFAULT_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean used by EDSR/SwinIR/HAT/CFSR
 
@@ -77,3 +78,19 @@ class DenseImageModel(nn.Module):
         out = self.forward_head(self.forward_features(xn), xn)
         out = out / self.img_range + mean
         return out[..., : h * self.upscale, : w * self.upscale]
+
+
+def build_dense_model(backbone_cls: type[DenseBackbone], backbone_keys: tuple[str, ...], variant: str,
+                      pretrained: bool, filter_fn, **args) -> DenseImageModel:
+    """A family's ``_create_*``: ``args`` named in ``backbone_keys`` build the backbone, the rest the head
+    (``head``, ``upscale``, ``upsampler``, ``out_chans`` (default: in_chans), ``img_range``…) and the zoo
+    (weights, pretrained config). ``upscale``/``upsampler`` are dropped for non-upsampling heads."""
+    bb_args = {k: args.pop(k) for k in backbone_keys if k in args}
+    if args.get("head", "upsample") != "upsample":
+        args.pop("upscale", None), args.pop("upsampler", None)
+
+    def model_cls(**head_args):
+        head_args.setdefault("out_chans", bb_args.get("in_chans", 3))
+        return DenseImageModel(backbone_cls(**bb_args), **head_args)
+
+    return build_model(model_cls, variant, pretrained, {}, filter_fn=filter_fn, **args)

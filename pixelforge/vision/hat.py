@@ -41,8 +41,8 @@ from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads,
                              overlap_relative_position_index, overlapping_windows, pad_to_multiple,
                              relative_position_index, split_heads, window_layout, window_partition, window_reverse)
-from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
-from .dense import DenseBackbone, DenseImageModel
+from ..zoo import CheckpointError, load_weights, register_family, register_model
+from .dense import DenseBackbone, DenseImageModel, build_dense_model
 
 __all__ = ["HATBackbone", "checkpoint_filter_fn"]
 
@@ -309,16 +309,8 @@ def _create_hat(variant: str, pretrained: bool = False, **kwargs) -> DenseImageM
     img_range, num_feat and timm/zoo arguments)."""
     defaults = dict(embed_dim=180, depths=(6,) * 6, num_heads=6, window_size=16, compress_ratio=3, squeeze_factor=30,
                     conv_scale=0.01, overlap_ratio=0.5, mlp_ratio=2.0, upscale=4, upsampler="pixelshuffle")
-    args = {**defaults, **kwargs}
-    bb_args = {k: args.pop(k) for k in _BACKBONE_ARGS if k in args}
-    if args.get("head", "upsample") != "upsample":
-        args.pop("upscale", None), args.pop("upsampler", None)
-
-    def model_cls(**head_args):
-        head_args.setdefault("out_chans", bb_args.get("in_chans", 3))
-        return DenseImageModel(HATBackbone(**bb_args), **head_args)
-
-    return build_model(model_cls, variant, pretrained, {}, filter_fn=checkpoint_filter_fn, **args)
+    return build_dense_model(HATBackbone, _BACKBONE_ARGS, variant, pretrained, checkpoint_filter_fn,
+                             **{**defaults, **kwargs})
 
 
 def _official_detect(state: dict) -> bool:

@@ -34,8 +34,8 @@ from ..layers.init import init_transformer_weights
 from ..layers.vgg import VGG19Features
 from ..layers.window import (gather_relative_position_bias, merge_heads, pad_to_multiple, relative_position_index,
                              shift_window_mask, split_heads, window_partition, window_reverse)
-from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
-from .dense import DenseBackbone, DenseImageModel
+from ..zoo import CheckpointError, load_weights, register_family, register_model
+from .dense import DenseBackbone, DenseImageModel, build_dense_model
 
 __all__ = ["RRFormerBackbone", "SelfAttentionStage", "PyramidPooling", "checkpoint_filter_fn", "HYPERCOLUMN_TAPS"]
 
@@ -304,16 +304,11 @@ _RRFORMER_HEAD = dict(head="restore", kernel_size=1, residual=False, act="relu")
 
 
 def _create_rrformer(variant: str, pretrained: bool = False, **kwargs) -> DenseImageModel:
-    bb_args = {k: kwargs.pop(k) for k in _BACKBONE_KEYS if k in kwargs}
     head_args_given = {"kernel_size", "residual", "act"} & set(kwargs)
     if kwargs.get("head", "restore") in ("restore", "dereflect") and not head_args_given:
         kwargs = {**_RRFORMER_HEAD, **kwargs}
     kwargs.setdefault("rgb_mean", None)
-
-    def model_cls(**head_args):
-        return DenseImageModel(RRFormerBackbone(**bb_args), **head_args)
-
-    return build_model(model_cls, variant, pretrained, {}, filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_dense_model(RRFormerBackbone, _BACKBONE_KEYS, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _official_detect(state: dict) -> bool:
