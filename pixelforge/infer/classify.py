@@ -12,7 +12,19 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_classify_parser", "classify_images", "load_classifier"]
+__all__ = ["add_classify_parser", "bundled_weights", "classify_images", "load_classifier"]
+
+
+def bundled_weights(model_name: str) -> Path:
+    """The weights file of ``model_name``'s pretrained config (``$PIXELFORGE_HOME/weights`` or package data)."""
+    from timm.models import get_pretrained_cfg
+
+    from ..zoo import resolve_weights
+
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.file:
+        raise ValueError(f"'{model_name}' has no bundled weights; pass --weights")
+    return resolve_weights(cfg.file, model_name)
 
 
 def load_classifier(model_name: str, weights: str | Path, device: str = "cpu"):
@@ -75,7 +87,8 @@ def _run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)  # models drawing random numbers at inference (SReT's slice shuffles) answer reproducibly
     try:
-        model, transform, names = load_classifier(args.model, args.weights, device)
+        weights = args.weights or bundled_weights(args.model)
+        model, transform, names = load_classifier(args.model, weights, device)
         results = classify_images(model, transform, args.images, args.topk)
     except (ImageIOError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"pixelforge classify: {exc}", file=sys.stderr)
@@ -93,7 +106,8 @@ def add_classify_parser(sub) -> None:
     p = sub.add_parser("classify", help="print the top-k classes of images")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--model", required=True, help="model name, e.g. cct_2_3x2_32 (see `pixelforge models`)")
-    p.add_argument("--weights", required=True, help="weights: a pixelforge .safetensors or an official checkpoint")
+    p.add_argument("--weights", help="weights: a pixelforge .safetensors or an official checkpoint (default: the "
+                                     "model's bundled weights, e.g. cct_2_3x2_32 trained here on CIFAR-10)")
     p.add_argument("--topk", type=int, default=5, help="how many classes to print (default 5)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_run)

@@ -102,7 +102,8 @@ def classifier_extractor(model: str | nn.Module, weights=None, name: str | None 
     ``forward_head(x, pre_logits=True)``), as ``FD-<name>``.
 
     Args:
-        model: a registered model name (pixelforge or timm) or a module. weights: its weights file (for a name).
+        model: a registered model name (pixelforge or timm) or a module. weights: its weights file (for a name;
+            default: the model's bundled pretrained weights, e.g. ``cct_2_3x2_32`` trained here on CIFAR-10).
         name: the metric's suffix (default: the model name). size: input side (default: the model's
             pretrained config ``input_size``). Normalisation comes from the pretrained config (mean/std).
         model_args: hyper-parameters the classifier was built with (for a name).
@@ -113,7 +114,7 @@ def classifier_extractor(model: str | nn.Module, weights=None, name: str | None 
         from ..zoo import create_model, is_model, load_weights
 
         if is_model(model):
-            net = create_model(model, weights=weights, **(model_args or {}))
+            net = create_model(model, pretrained=weights is None, weights=weights, **(model_args or {}))
         else:
             import timm
 
