@@ -16,6 +16,7 @@ What it measures (each section can be selected with ``--sections``):
   ``parity/cfsr_official_x4`` when present; HAT-S and CRAFT have no weights here, so they use random but fixed
   weights (seed 0, every parameter perturbed so that every branch matters, conv_last scaled to an image-like output
   range): their PSNR against the ground truth is meaningless, the bf16-vs-fp32 PSNR of the outputs is the figure.
+  ``--weights hat_s_x4=HAT-S_SRx4.pth`` (official or pixelforge files) measures a model with real weights instead.
 
 Peak memory = the maximum of live tensor bytes allocated during the call (from the profiler's allocation events),
 i.e. activations and workspaces on top of the weights (the parameter bytes are printed separately).
@@ -211,7 +212,7 @@ def bench_tiled(models, height, width, tile, overlap, precisions, full: bool, ti
 
 
 # ----------------------------------------------------------------------------------------------------------- psnr
-def bench_psnr(models) -> None:
+def bench_psnr(models, weights: dict[str, str]) -> None:
     from pixelforge.data.image_io import read_image
     from pixelforge.metrics.sr import psnr_ssim_tensor
 
@@ -222,8 +223,11 @@ def bench_psnr(models) -> None:
         return
     print("\n## Set5 x4 Y-PSNR (crop 4): fp32 vs bf16 autocast")
     for name in models:
-        model = build(name)
-        weights = "released weights" if name.startswith("cfsr") else "random fixed weights (no trained weights)"
+        if name in weights:
+            model, source = pixelforge.create_model(name, weights=weights[name]).eval(), weights[name]
+        else:
+            model = build(name)
+            source = "released weights" if name.startswith("cfsr") else "random fixed weights (no trained weights)"
         gt_psnr = {"fp32": [], "bf16": []}
         agree = []
         for lr_path in lrs:
@@ -236,7 +240,7 @@ def bench_psnr(models) -> None:
                 gt_psnr[prec].append(psnr_ssim_tensor(outs[prec], hr, crop_border=4, ssim=False)["psnr"])
             agree.append(psnr_ssim_tensor(outs["bf16"], outs["fp32"], crop_border=4, ssim=False)["psnr"])
         p32, p16 = statistics.mean(gt_psnr["fp32"]), statistics.mean(gt_psnr["bf16"])
-        print(f"{name:10} ({weights}): fp32 {p32:.4f} dB, bf16 {p16:.4f} dB, change {p16 - p32:+.4f} dB; "
+        print(f"{name:10} ({source}): fp32 {p32:.4f} dB, bf16 {p16:.4f} dB, change {p16 - p32:+.4f} dB; "
               f"bf16 output vs fp32 output {statistics.mean(agree):.2f} dB (min {min(agree):.2f})", flush=True)
 
 
@@ -250,12 +254,17 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: each model's)")
+    parser.add_argument("--weights", nargs="+", default=[], metavar="MODEL=PATH",
+                        help="psnr section: real weights for these models, e.g. hat_s_x4=HAT-S_SRx4.pth")
     parser.add_argument("--no-memory", action="store_true", help="skip the (slower) profiled memory runs")
     parser.add_argument("--full", action="store_true", help="really run every tile of the tiled sections")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process CPU clock instead of the wall clock (use with --threads 1 on a "
                              "shared machine: other processes then do not inflate the figures)")
     args = parser.parse_args(argv)
+    weights = dict(item.split("=", 1) for item in args.weights if "=" in item)
+    if len(weights) != len(args.weights) or not set(weights) <= set(MODELS) or "" in weights.values():
+        parser.error(f"--weights takes MODEL=PATH with MODEL in {', '.join(MODELS)}")
     global CLOCK
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -272,7 +281,7 @@ def main(argv=None) -> int:
         bench_tiled(["hat_s_x4"], 2160, 3840, args.tile, args.overlap, ("bf16",), args.full,
                     "3840x2160 x4 HAT-S tiled upscale")
     if "psnr" in args.sections:
-        bench_psnr(args.models)
+        bench_psnr(args.models, weights)
     return 0
 
 
