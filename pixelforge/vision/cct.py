@@ -417,7 +417,10 @@ def _cfg(variant: str, **kwargs) -> dict:
             "classifier": "head", "license": "apache-2.0", "paper_ids": "arXiv:2104.05704", **kwargs}
 
 
-default_cfgs = {name: _cfg(name) for name in _ARCHS}
+# weights trained by pixelforge (package data; see pixelforge/zoo/weights/README.md)
+_BUNDLED = {"cct_2_3x2_32": dict(file="cct_2_3x2_32_cifar10.safetensors",
+                                 notes="trained by pixelforge on CIFAR-10 (configs/cls/cct_2_3x2_32_cifar10.yaml)")}
+default_cfgs = {name: _cfg(name, **_BUNDLED.get(name, {})) for name in _ARCHS}
 
 
 @register_model
