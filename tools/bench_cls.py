@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from unittest import mock
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import pixelforge
+from bench_common import median_time
 from pixelforge.vision import vim as vim_module
 
 # the smallest variant of each family (CVT and ViT-Lite share the CCT transformer)
@@ -57,17 +57,9 @@ def sequential_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
     return (out, x) if return_last_state else out
 
 
-CLOCK = time.perf_counter
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = CLOCK()
-        fn()
-        times.append(CLOCK() - t)
-    return statistics.median(times)
+CLOCK = time.perf_counter  # --clock cpu switches it to time.process_time
 
 
 def _input(model, batch: int) -> torch.Tensor:
@@ -85,7 +77,7 @@ def bench_model(name: str, repeats: int, train_batch: int, bf16: bool) -> dict:
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in (1, 32):
             x = _input(model, batch)
-            result[f"infer_b{batch}_img_s"] = batch / _median_time(lambda: model(x), repeats)
+            result[f"infer_b{batch}_img_s"] = batch / median_time(lambda: model(x), repeats, CLOCK)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if model.img_size > 64:  # 224-px models: a quarter of the batch, to keep the run short
@@ -101,7 +93,7 @@ def bench_model(name: str, repeats: int, train_batch: int, bf16: bool) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    result["train_steps_s"] = 1 / _median_time(step, max(2, repeats // 2))
+    result["train_steps_s"] = 1 / median_time(step, max(2, repeats // 2), CLOCK)
     return result
 
 
@@ -112,10 +104,10 @@ def bench_vim_scan(repeats: int) -> dict:
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         fast_out = model(x)
-        fast = _median_time(lambda: model(x), repeats)
+        fast = median_time(lambda: model(x), repeats, CLOCK)
         with mock.patch.object(vim_module, "selective_scan", sequential_scan):
             slow_out = model(x)
-            slow = _median_time(lambda: model(x), max(1, repeats // 2))
+            slow = median_time(lambda: model(x), max(1, repeats // 2), CLOCK)
     return {"shared_s": fast, "sequential_s": slow, "speedup": slow / fast,
             "max_abs_diff": (fast_out - slow_out).abs().max().item()}
 

@@ -40,6 +40,7 @@ SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
 import pixelforge  # noqa: E402
+from bench_common import median_time  # noqa: E402
 from pixelforge.infer.tiling import run_tiled, tile_starts  # noqa: E402
 from pixelforge.vision import craft as craft_mod  # noqa: E402
 from pixelforge.vision import hat as hat_mod  # noqa: E402
@@ -115,16 +116,6 @@ def _perturb(model: torch.nn.Module) -> None:
 CLOCK = time.perf_counter
 
 
-def timed(fn, repeats: int) -> float:
-    """Median time in seconds (``CLOCK``) of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = CLOCK()
-        fn()
-        times.append(CLOCK() - start)
-    return statistics.median(times)
-
 
 def peak_bytes(fn) -> int:
     """Maximum of live tensor bytes allocated inside ``fn()`` (profiler allocation events, in time order)."""
@@ -159,7 +150,7 @@ def bench_speed(models, sizes, repeats, memory: bool) -> None:
                     def run():
                         with torch.inference_mode(), precision_ctx(prec), swap():
                             model(x)
-                    res[variant, prec, "t"] = timed(run, repeats)
+                    res[variant, prec, "t"] = median_time(run, repeats, CLOCK)
                     res[variant, prec, "m"] = peak_bytes(run) if memory else float("nan")
                 print(f"{name:10} {size:>4}x{size:<3} {variant:>14} {res[variant, 'fp32', 't'] * 1e3:9.1f} "
                       f"{res[variant, 'bf16', 't'] * 1e3:9.1f} {res[variant, 'fp32', 'm'] / MiB:9.1f} "
