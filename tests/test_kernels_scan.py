@@ -1,4 +1,7 @@
-"""Selective scan (PyTorch path): official fixtures, a sequential reference, gradcheck, layouts, dtypes, errors."""
+"""Selective scan (PyTorch path): official fixtures, a sequential reference, gradcheck, layouts, dtypes, errors.
+
+Every test here pins the PyTorch path (``PIXELFORGE_KERNELS=torch``) unless it is about backend selection; the
+native CPU kernel has its own tests (test_kernels_native.py)."""
 import os
 import subprocess
 import sys
@@ -13,6 +16,11 @@ from pixelforge.kernels import scan as scan_mod
 from pixelforge.kernels import selective_scan, use_backend
 
 FIXTURES = ["selective_scan", "selective_scan_long"]
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    monkeypatch.setenv("PIXELFORGE_KERNELS", "torch")
 
 
 def _cases():
@@ -223,8 +231,8 @@ def test_backend_selection(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="backend 'triton' requested"):
         _call(inp)
-    with use_backend("auto"):  # the context manager wins over the environment; CPU tensors run the torch path
-        torch.testing.assert_close(_call(inp), ref)
+    with use_backend("torch"):  # the context manager wins over the environment
+        torch.testing.assert_close(_call(inp), ref, rtol=0, atol=0)
 
 
 def test_import_is_quiet_and_lazy():
@@ -238,7 +246,7 @@ def test_import_is_quiet_and_lazy():
 
 
 def test_large_states_stay_on_the_torch_path(monkeypatch):
-    monkeypatch.setattr(scan_mod, "resolve_backend", lambda *tensors: "triton")
+    monkeypatch.setattr(scan_mod, "resolve_backend", lambda *tensors, **kw: "triton")
     inp = random_inputs(1, 2, scan_mod.TRITON_MAX_DSTATE + 1, 4, seed=0)
     out = _call(inp, delta_softplus=True)
     torch.testing.assert_close(out.double(), sequential_scan(**inp, delta_softplus=True)[0], atol=1e-5, rtol=1e-4)

@@ -1,11 +1,12 @@
 """Benchmark the shared kernels against naive PyTorch baselines: time, peak memory, speed ratio, max error.
 
-    python tools/bench_kernels.py                 # CPU (PyTorch paths), plus CUDA (Triton) when a GPU is present
+    python tools/bench_kernels.py                 # CPU (PyTorch paths, native scan), plus CUDA (Triton) with a GPU
     python tools/bench_kernels.py --only scan --threads 1 --reps 5
 
 Attention (HAT window / overlapping-key shapes, CRAFT rectangular windows, Swin 7x7, VAR global block-causal): the op
 vs partition + matmul + bias + mask + softmax + matmul, inference and training (forward + backward, bias trainable).
-Selective scan (Vim-tiny shapes, batch 1 and 8, d 384, n 16, L 197; long sequences L 2048 and 8192): the op vs a
+Selective scan (Vim-tiny shapes, batch 1 and 8, d 384, n 16, L 197; long sequences L 2048 and 8192): the op (on CPU
+its PyTorch path and its native kernel, side by side) vs a
 sequential per-token loop written like the official ``selective_scan_ref`` (precomputed exp(Δ·A) and Δ·B·u, one
 step and one einsum per position). Peak memory: on CPU the growth of the resident set (VmHWM after a malloc_trim
 and a reset of the high-water mark), on CUDA ``max_memory_allocated`` above the inputs.
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pixelforge.kernels import attention, selective_scan, use_backend  # noqa: E402
+from pixelforge.kernels.dispatch import native_available  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- measurement
@@ -224,8 +226,14 @@ def scan_inputs(b, d, n, L, device):
 
 
 def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool) -> None:
-    backend = "triton" if device == "cuda" else "torch"
-    header(f"selective scan on {device}, op backend {backend} (reverse = right-to-left Vim branch)")
+    """Forward: every backend of the device (CPU: the PyTorch path and, when it builds, the native kernel; CUDA:
+    Triton) against the sequential loop; forward + backward: the device's training backend (CPU: PyTorch path)."""
+    if device == "cuda":
+        backends = ["triton"]
+    else:
+        backends = ["torch"] + (["native"] if native_available() else [])
+    train_backend = "triton" if device == "cuda" else "torch"
+    header(f"selective scan on {device}, op backends {', '.join(backends)} (reverse = right-to-left Vim branch)")
     cases = [("Vim-tiny b=1 L=197", 1, 384, 16, 197), ("Vim-tiny b=8 L=197", 8, 384, 16, 197)]
     cases += [(f"long b=1 L={L}", 1, 384, 16, L) for L in long_lengths]
     for name, b, d, n, L in cases:
@@ -234,16 +242,17 @@ def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool) 
         seq_reps = max(1, min(reps, 3)) if L > 1000 else reps
         with torch.no_grad():
             ref_out, ref_last = sequential_scan(*args, True)
-            with use_backend(backend):
-                out, last = selective_scan(*args, delta_softplus=True, return_last_state=True)
-            err = max((out - ref_out).abs().max().item(), (last - ref_last).abs().max().item())
             t_s, m_s = measure(lambda: sequential_scan(*args, True), device, seq_reps)
-            with use_backend(backend):
-                t_o, m_o = measure(lambda: selective_scan(*args, delta_softplus=True), device, reps)
-                t_r, m_r = measure(lambda: selective_scan(*args, delta_softplus=True, reverse=True), device, reps)
-        row(f"{name} fwd", "sequential loop", t_s, m_s)
-        row(f"{name} fwd", f"op ({backend})", t_o, m_o, t_s, err)
-        row(f"{name} fwd", f"op ({backend}) reverse", t_r, m_r, t_s)
+            row(f"{name} fwd", "sequential loop", t_s, m_s)
+            for backend in backends:
+                with use_backend(backend):
+                    out, last = selective_scan(*args, delta_softplus=True, return_last_state=True)
+                    err = max((out - ref_out).abs().max().item(), (last - ref_last).abs().max().item())
+                    t_o, m_o = measure(lambda: selective_scan(*args, delta_softplus=True), device, reps)
+                    t_r, m_r = measure(lambda: selective_scan(*args, delta_softplus=True, reverse=True), device,
+                                       reps)
+                row(f"{name} fwd", f"op ({backend})", t_o, m_o, t_s, err)
+                row(f"{name} fwd", f"op ({backend}) reverse", t_r, m_r, t_s)
         if backward and L <= 2048:
             leaves = [a.detach().requires_grad_(True) for a in args]
 
@@ -255,10 +264,10 @@ def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool) 
                 return step
 
             t_s, m_s = measure(train(lambda *a: sequential_scan(*a, True)[0]), device, seq_reps)
-            with use_backend(backend):
+            with use_backend(train_backend):
                 t_o, m_o = measure(train(lambda *a: selective_scan(*a, delta_softplus=True)), device, reps)
             row(f"{name} fwd+bwd", "sequential loop (autograd)", t_s, m_s)
-            row(f"{name} fwd+bwd", f"op ({backend})", t_o, m_o, t_s)
+            row(f"{name} fwd+bwd", f"op ({train_backend})", t_o, m_o, t_s)
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,18 @@
-"""Backend selection for the shared kernels: ``auto``, ``torch`` or ``triton``.
+"""Backend selection for the shared kernels: ``auto``, ``torch``, ``triton`` or ``native``.
 
 The backend is chosen, in order of precedence, by the innermost :func:`use_backend` context, then by the
-``PIXELFORGE_KERNELS`` environment variable (read at every call), then ``auto``. ``auto`` runs the Triton kernels
-for CUDA tensors when Triton imports and works, and the PyTorch path otherwise. Triton is imported lazily, on the
-first call that wants it, so importing pixelforge never touches it.
+``PIXELFORGE_KERNELS`` environment variable (read at every call), then ``auto``.
+
+- ``triton``: the Triton kernels (CUDA tensors, or any tensors under ``TRITON_INTERPRET=1``).
+- ``native``: the compiled CPU kernels of :mod:`pixelforge.kernels.native` (the selective-scan forward), built
+  on first use with the system C compiler; an op without a native kernel (attention, whose PyTorch path is
+  already ATen's fused SDPA) takes its PyTorch path.
+- ``torch``: the PyTorch path everywhere (the reference).
+- ``auto``: Triton for CUDA tensors when Triton imports and works; native for CPU tensors of ops that have a
+  native kernel, when it builds; the PyTorch path otherwise.
+
+Triton is imported lazily, on the first call that wants it, and the native library is built on the first op call
+that wants it, so importing pixelforge touches neither.
 """
 from __future__ import annotations
 
@@ -15,9 +24,9 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "use_backend", "get_backend", "resolve_backend", "triton_available"]
+__all__ = ["BACKENDS", "use_backend", "get_backend", "resolve_backend", "triton_available", "native_available"]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "native")
 ENV_VAR = "PIXELFORGE_KERNELS"
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("pixelforge_kernels_backend", default=None)
@@ -32,7 +41,7 @@ def _check(name: str, source: str) -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the shared kernels inside the ``with`` block with backend ``name`` (auto, torch or triton)."""
+    """Run the shared kernels inside the ``with`` block with backend ``name`` (auto, torch, triton, native)."""
     token = _override.set(_check(name, "use_backend()"))
     try:
         yield
@@ -72,11 +81,12 @@ def triton_available(device: torch.device | None = None) -> bool:
     return device is not None and device.type == "cuda"
 
 
-def resolve_backend(*tensors: torch.Tensor) -> str:
-    """``"torch"`` or ``"triton"`` for an op on ``tensors``, following :func:`get_backend`.
+def resolve_backend(*tensors: torch.Tensor, has_native: bool = False) -> str:
+    """``"torch"``, ``"triton"`` or ``"native"`` for an op on ``tensors``, following :func:`get_backend`.
 
-    ``triton`` requested explicitly for tensors it cannot run on raises ``RuntimeError``; ``auto`` picks Triton
-    only for CUDA tensors (never for CPU tensors, even under ``TRITON_INTERPRET=1``).
+    ``has_native``: whether the op has a native CPU kernel for this call. ``triton`` or ``native`` requested
+    explicitly for tensors they cannot run on raises ``RuntimeError``; ``auto`` picks Triton only for CUDA
+    tensors (never for CPU tensors, even under ``TRITON_INTERPRET=1``) and native only for CPU tensors.
     """
     name = get_backend()
     device = tensors[0].device
@@ -88,4 +98,26 @@ def resolve_backend(*tensors: torch.Tensor) -> str:
             raise RuntimeError(f"kernel backend 'triton' requested but {why} "
                                "(set PIXELFORGE_KERNELS=torch or auto, or TRITON_INTERPRET=1 to emulate on CPU)")
         return "triton"
-    return "triton" if device.type == "cuda" and triton_available(device) else "torch"
+    if name == "native":
+        if device.type != "cpu":
+            raise RuntimeError(f"kernel backend 'native' requested but tensors are on {device}; native kernels run "
+                               "on CPU tensors (set PIXELFORGE_KERNELS=auto)")
+        if not has_native:
+            return "torch"
+        if not native_available():
+            raise RuntimeError("kernel backend 'native' requested but the native kernels could not be built (no "
+                               "working C compiler; see the pixelforge.kernels.native log) — set "
+                               "PIXELFORGE_KERNELS=torch or auto")
+        return "native"
+    if device.type == "cuda" and triton_available(device):
+        return "triton"
+    if device.type == "cpu" and has_native and native_available():
+        return "native"
+    return "torch"
+
+
+def native_available() -> bool:
+    """Whether the native CPU kernels build and load on this machine (builds them on the first call)."""
+    from .native import native_available as available
+
+    return available()

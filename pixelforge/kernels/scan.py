@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import resolve_backend
+from .native import NATIVE_MAX_DSTATE, selective_scan_native
 
 __all__ = ["selective_scan"]
 
@@ -350,11 +351,20 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         out (b, d, L) in u's dtype, and with ``return_last_state`` the last state (b, d, n) in float32
         (float64 for float64 u). States and sums are computed in float32 whatever the input dtype.
 
-    Backend: see :mod:`pixelforge.kernels.dispatch`; a state size above ``TRITON_MAX_DSTATE`` always runs the
-    PyTorch path.
+    Backend: see :mod:`pixelforge.kernels.dispatch`. On CPU, ``auto`` runs the fused native forward
+    (:mod:`pixelforge.kernels.native`) for calls that need no gradient (inference) and are not float64; training
+    calls run the PyTorch path, whose backward is analytic. A state size above ``TRITON_MAX_DSTATE`` never runs
+    Triton, one above ``NATIVE_MAX_DSTATE`` never runs native.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if resolve_backend(u) == "triton" and A.shape[1] <= TRITON_MAX_DSTATE:
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    # the native CPU kernel is forward-only: calls that need gradients, and float64 calls, take the PyTorch path
+    native_ok = (A.shape[1] <= NATIVE_MAX_DSTATE and u.dtype != torch.float64
+                 and not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)))
+    backend = resolve_backend(u, has_native=native_ok)
+    if backend == "native":
+        out, last = selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    elif backend == "triton" and A.shape[1] <= TRITON_MAX_DSTATE:
         from .triton.scan import selective_scan_triton
 
         out, last = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)

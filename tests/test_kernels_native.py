@@ -1,0 +1,155 @@
+"""The native CPU selective-scan forward: against the float64 sequential reference and the PyTorch path, dispatch
+(inference only, gradients on the PyTorch path), the build cache, and the fallback without a compiler."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import parity_case
+from pixelforge.kernels import native, selective_scan, use_backend
+from pixelforge.kernels.dispatch import native_available
+from test_kernels_scan import _call, _cases, random_inputs, sequential_scan
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="no working C compiler for the native kernels")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("b,d,n,L,layouts,groups", [
+    (1, 384, 16, 197, ("g1", "g1"), 1),        # Vim-tiny
+    (2, 40, 5, 33, ("grouped", "grouped"), 2),  # 20 channels per group: a full 16-lane block and a 4-lane tail
+    (3, 24, 7, 50, ("var3", "grouped"), 3),     # B without groups, C with 3 (B is repeated to match)
+    (2, 12, 3, 9, ("fixed", "fixed"), 1),       # time-invariant B and C
+    (1, 8, 4, 1, ("grouped", "fixed"), 4),      # L = 1, 2 channels per group
+    (2, 20, 17, 40, ("g1", "var3"), 1),         # a state size that is not a power of two
+])
+def test_matches_sequential(b, d, n, L, layouts, groups, reverse):
+    inp = random_inputs(b, d, n, L, layouts[0], layouts[1], groups=groups, seed=b * 1000 + d + n + L)
+    with use_backend("native"), torch.no_grad():
+        out, last = _call(inp, delta_softplus=True, reverse=reverse, return_last_state=True)
+    ref_out, ref_last = sequential_scan(**inp, delta_softplus=True, reverse=reverse)
+    assert out.dtype == torch.float32 and last.shape == (b, d, n)
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(last.double(), ref_last, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("opts", [dict(D=False, z=False, bias=False), dict(wide=True)])
+def test_optional_inputs_and_softplus_threshold(opts):
+    inp = random_inputs(2, 32, 8, 30, seed=3, **opts)
+    for softplus in ([True] if opts.get("wide") else [False, True]):
+        if not softplus:  # raw Δ must be positive for a decaying (well-conditioned) recurrence
+            inp = dict(inp, delta=inp["delta"].abs())
+        with use_backend("native"):
+            out = _call(inp, delta_softplus=softplus)
+        torch.testing.assert_close(out.double(), sequential_scan(**inp, delta_softplus=softplus)[0],
+                                   atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 64])
+def test_threads_give_identical_results(threads):
+    inp = random_inputs(3, 80, 16, 45, "grouped", "grouped", groups=5, seed=1)
+    with use_backend("native"), torch.no_grad():
+        ref = _call(inp, delta_softplus=True)
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = _call(inp, delta_softplus=True)
+        finally:
+            torch.set_num_threads(prev)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    inp = random_inputs(1, 32, 16, 40, dtype=dtype, seed=2)
+    with use_backend("native"):
+        out, last = _call(inp, delta_softplus=True, return_last_state=True)
+    with use_backend("torch"):
+        ref, ref_last = _call(inp, delta_softplus=True, return_last_state=True)
+    assert out.dtype == dtype and last.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(last, ref_last, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("folder,name", _cases())
+def test_official_fixture_forward(folder, name):
+    case, io, _ = parity_case(folder)
+    c = next(c for c in case["cases"] if c["name"] == name)
+    inp = {k: io[v] for k, v in c["inputs"].items()}
+    with use_backend("native"), torch.no_grad():
+        out, last = selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp.get("D"), inp.get("z"),
+                                   inp.get("delta_bias"), delta_softplus=c["delta_softplus"], return_last_state=True,
+                                   reverse=c["reverse"])
+    ref = c["reference_f64"]
+    for got, official, exact in ((out, c["outputs"]["out"], ref["out"]),
+                                 (last, c["outputs"]["last_state"], ref["last_state"])):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, io[official], atol=case["atol"], rtol=case["rtol"])
+        torch.testing.assert_close(got.double(), io[exact], atol=case["atol"], rtol=case["rtol"])
+
+
+def test_auto_runs_native_for_inference_only(monkeypatch):
+    """auto on CPU: no-grad calls run the native kernel, calls that need gradients the PyTorch path."""
+    calls = []
+    real = native.selective_scan_native
+    monkeypatch.setattr("pixelforge.kernels.scan.selective_scan_native",
+                        lambda *a: calls.append(1) or real(*a))
+    monkeypatch.delenv("PIXELFORGE_KERNELS", raising=False)
+    inp = random_inputs(1, 16, 4, 12, seed=0)
+    with torch.no_grad():
+        out = _call(inp, delta_softplus=True)
+    assert calls == [1]
+    leaf = {k: (v.clone().requires_grad_(True) if k == "u" else v) for k, v in inp.items()}
+    out_grad = _call(leaf, delta_softplus=True)
+    assert calls == [1], "a call that needs gradients must take the PyTorch path"
+    out_grad.sum().backward()
+    assert leaf["u"].grad is not None
+    torch.testing.assert_close(out_grad.detach(), out, atol=1e-5, rtol=1e-5)
+    with use_backend("torch"), torch.no_grad():
+        _call(inp, delta_softplus=True)
+    assert calls == [1]
+    inp64 = {k: (v.double() if v is not None else None) for k, v in inp.items()}
+    with use_backend("native"), torch.no_grad():
+        assert _call(inp64, delta_softplus=True).dtype == torch.float64  # float64 stays on the PyTorch path
+    assert calls == [1]
+
+
+def test_native_library_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELFORGE_HOME", str(tmp_path))
+    first = native._build(native._compiler(), ["-O3"])
+    stamp = first.stat().st_mtime_ns
+    again = native._build(native._compiler(), ["-O3"])
+    assert again == first and again.stat().st_mtime_ns == stamp and first.parent == tmp_path / "kernels"
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files left behind
+
+
+def test_bad_compiler_reports_its_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELFORGE_HOME", str(tmp_path))
+    with pytest.raises(RuntimeError, match="-fno-such-flag"):
+        native._build(native._compiler(), ["-fno-such-flag"])
+    assert not list((tmp_path / "kernels").iterdir())
+
+
+def test_without_compiler_falls_back_quietly(tmp_path):
+    """No C compiler: auto runs the PyTorch path without a warning; an explicit 'native' request is an error."""
+    code = ("import warnings; warnings.simplefilter('error'); import torch\n"
+            "from pixelforge.kernels import selective_scan, use_backend\n"
+            "from pixelforge.kernels.dispatch import native_available\n"
+            "u = torch.randn(1, 4, 6); A = -torch.ones(4, 3); B = torch.randn(1, 3, 6)\n"
+            "with torch.no_grad():\n"
+            "    out = selective_scan(u, u, A, B, B)\n"
+            "assert not native_available() and out.shape == (1, 4, 6)\n"
+            "try:\n"
+            "    with use_backend('native'):\n"
+            "        selective_scan(u, u, A, B, B)\n"
+            "except RuntimeError as exc:\n"
+            "    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PIXELFORGE_KERNELS", "CC")}
+    env.update(PATH=str(tmp_path), PIXELFORGE_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "backend 'native' requested but the native kernels could not be built" in proc.stdout
+    assert not proc.stderr
