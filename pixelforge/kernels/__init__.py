@@ -1,7 +1,8 @@
 """The two shared ops every model uses: windowed attention and the selective scan.
 
-Backends: ``auto`` (Triton for CUDA tensors when Triton works, PyTorch otherwise), ``torch``, ``triton``; chosen
-with :func:`use_backend` or the ``PIXELFORGE_KERNELS`` environment variable.
+Backends: ``auto`` (Triton for CUDA tensors when Triton works; on CPU the native scan kernel for inference calls
+when it builds; PyTorch otherwise), ``torch``, ``triton``, ``native``; chosen with :func:`use_backend` or the
+``PIXELFORGE_KERNELS`` environment variable (see :mod:`pixelforge.kernels.dispatch`).
 """
 from .attention import attention, attention_reference
 from .dispatch import get_backend, use_backend
