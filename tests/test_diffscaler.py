@@ -193,6 +193,25 @@ def test_mixed_batch_equals_per_task_batches():
             assert torch.allclose(mixed[sel], alone, atol=1e-6, rtol=0)
 
 
+def test_mixed_batch_under_bf16_autocast_trains():
+    """Under autocast the base layers give bf16 and the float32 task branches float32: a mixed batch must combine
+    them (it crashed in index_copy_) and match the per-task batches, forward and backward."""
+    model = _adapted()
+    model.trainable_task([0, 1, 2])
+    x, t = _inputs(6)
+    ids, y = torch.tensor([2, 0, -1, 1, 0, 2]), torch.tensor([6, 2, 5, 0, 0, 7])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x, t, y, task_ids=ids).sample
+        mixed.float().square().mean().backward()
+        for tid in (-1, 0, 1, 2):
+            sel = (ids == tid).nonzero().squeeze(1)
+            alone = model(x[sel], t[sel], y[sel], task_ids=ids[sel]).sample
+            torch.testing.assert_close(mixed[sel].float(), alone.float(), atol=2e-2, rtol=2e-2)
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def test_training_one_task_leaves_the_others_bit_identical():
     model = _adapted()
     x, t = _inputs(6)

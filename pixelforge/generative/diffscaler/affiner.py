@@ -107,11 +107,17 @@ class _TaskModule(nn.Module):
             return h if routing.single < 0 else self._task(self.tasks[routing.single], x, h)
         if routing.task_ids.shape[0] != x.shape[0]:
             raise ValueError(f"task_ids has {routing.task_ids.shape[0]} entries for a batch of {x.shape[0]}")
-        out = h.clone()  # keeps h's memory format (channels-last conv outputs), as the single-task path does
+        out = None
         for t, idx in routing.groups:
-            if t >= 0:
-                out.index_copy_(0, idx, self._task(self.tasks[t], x.index_select(0, idx), h.index_select(0, idx)))
-        return out
+            if t < 0:
+                continue
+            y = self._task(self.tasks[t], x.index_select(0, idx), h.index_select(0, idx))
+            if out is None:
+                # the dtype the single-task path returns (under autocast a bf16 base output meets float32 task
+                # parameters); .to keeps h's memory format (channels-last conv outputs)
+                out = h.to(torch.promote_types(h.dtype, y.dtype), copy=True)
+            out.index_copy_(0, idx, y.to(out.dtype))
+        return h if out is None else out
 
 
 class AffinerTask(nn.Module):
