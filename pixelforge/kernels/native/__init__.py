@@ -72,6 +72,7 @@ def _build(cc: str, flags: list[str]) -> Path:
                              capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} {' '.join(flags)} failed: {res.stderr.strip()[-500:]}")
+        os.chmod(tmp, 0o755)  # mkstemp made it private; a shared cache must stay loadable by others
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
