@@ -11,7 +11,7 @@ import torch
 from conftest import parity_case
 from pixelforge.kernels import native, selective_scan, use_backend
 from pixelforge.kernels.dispatch import native_available
-from test_kernels_scan import _call, _cases, random_inputs, sequential_scan
+from test_kernels_scan import _call, _cases, random_inputs, run_fixture_forward, sequential_scan
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="no working C compiler for the native kernels")
 
@@ -79,15 +79,7 @@ def test_official_fixture_forward(folder, name):
     c = next(c for c in case["cases"] if c["name"] == name)
     inp = {k: io[v] for k, v in c["inputs"].items()}
     with use_backend("native"), torch.no_grad():
-        out, last = selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp.get("D"), inp.get("z"),
-                                   inp.get("delta_bias"), delta_softplus=c["delta_softplus"], return_last_state=True,
-                                   reverse=c["reverse"])
-    ref = c["reference_f64"]
-    for got, official, exact in ((out, c["outputs"]["out"], ref["out"]),
-                                 (last, c["outputs"]["last_state"], ref["last_state"])):
-        assert got.dtype == torch.float32
-        torch.testing.assert_close(got, io[official], atol=case["atol"], rtol=case["rtol"])
-        torch.testing.assert_close(got.double(), io[exact], atol=case["atol"], rtol=case["rtol"])
+        run_fixture_forward(case, c, io, inp)
 
 
 def test_auto_runs_native_for_inference_only(monkeypatch):
