@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import parity_case
-from pixelforge.kernels import native, selective_scan, use_backend
+from pixelforge.kernels import native, use_backend
 from pixelforge.kernels.dispatch import native_available
 from test_kernels_scan import _call, _cases, random_inputs, run_fixture_forward, sequential_scan
 
