@@ -24,6 +24,8 @@ from typing import Iterator
 
 import torch
 
+from .native import native_available
+
 __all__ = ["BACKENDS", "use_backend", "get_backend", "resolve_backend", "triton_available", "native_available"]
 
 BACKENDS = ("auto", "torch", "triton", "native")
@@ -114,10 +116,3 @@ def resolve_backend(*tensors: torch.Tensor, has_native: bool = False) -> str:
     if device.type == "cpu" and has_native and native_available():
         return "native"
     return "torch"
-
-
-def native_available() -> bool:
-    """Whether the native CPU kernels build and load on this machine (builds them on the first call)."""
-    from .native import native_available as available
-
-    return available()

@@ -20,7 +20,7 @@
 #define MAX_THREADS 64
 
 enum { P_B, P_D, P_L, P_N, P_GB, P_GC, P_BVAR, P_CVAR, P_SOFTPLUS, P_REVERSE,
-       S_U = 10, S_DELTA = 13, S_Z = 16, S_A = 19, S_B = 21, S_C = 25, S_D = 29, S_BIAS = 30, N_PRM = 31 };
+       S_U = 10, S_DELTA = 13, S_Z = 16, S_A = 19, S_B = 21, S_C = 25, S_D = 29, S_BIAS = 30 };
 
 /* exp(x): 2^k · p(r), r = x - k·ln2 (Cody-Waite split), degree-6 minimax polynomial (Cephes expf coefficients),
  * relative error ~2e-7; x is clamped to [-87.3, 88.7] (results below 2^-126 come out as ~1e-38, not 0). */
