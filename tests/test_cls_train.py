@@ -154,5 +154,10 @@ def test_classify_command(folder, trained, tmp_path, capsys):
     assert _classify([str(bad), "--model", "cct_2_3x2_32", "--weights", weights]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken.png" in err
+    # one bad file among good ones: the good ones are still printed, the bad one reported, exit non-zero
+    assert _classify([images[0], str(bad), images[1], "--model", "cct_2_3x2_32", "--weights", weights]) == 2
+    out, err = capsys.readouterr()
+    assert [line for line in out.splitlines() if not line.startswith(" ")] == images
+    assert "broken.png" in err.splitlines()[0] and "1 of 3 images failed" in err.splitlines()[-1]
     assert _classify([images[0], "--model", "cct_2_3x2_32", "--weights", str(tmp_path / "none.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err

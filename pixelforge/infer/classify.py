@@ -89,16 +89,25 @@ def _run(args) -> int:
     try:
         weights = args.weights or bundled_weights(args.model)
         model, transform, names = load_classifier(args.model, weights, device)
-        results = classify_images(model, transform, args.images, args.topk)
     except (ImageIOError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"pixelforge classify: {exc}", file=sys.stderr)
         return 2
-    for path, top in zip(args.images, results):
+    failures = []
+    for path in args.images:  # a bad file is reported on its own line; the others are still classified
+        try:
+            top = classify_images(model, transform, [path], args.topk)[0]
+        except ImageIOError as exc:
+            print(f"pixelforge classify: {exc}", file=sys.stderr)
+            failures.append(path)
+            continue
         print(path)
         for rank, (index, prob) in enumerate(top, 1):
             label = names[index] if names is not None and index < len(names) else str(index)
             print(f"  {rank}. {label:<20} {100 * prob:6.2f}%")
-    return 0
+    if failures and len(args.images) > 1:
+        print(f"pixelforge classify: {len(failures)} of {len(args.images)} images failed: {', '.join(failures)}",
+              file=sys.stderr)
+    return 2 if failures else 0
 
 
 def add_classify_parser(sub) -> None:
