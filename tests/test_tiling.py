@@ -8,6 +8,7 @@ import pixelforge
 from conftest import DATA, parity_case
 from pixelforge.data import read_image
 from pixelforge.infer import NonFiniteOutputError, autocast, run_tiled, tile_starts
+from pixelforge.infer.tiling import MIN_TILE, plan_tiles
 
 
 class PointwiseUpscaler(nn.Module):
@@ -44,7 +45,7 @@ def test_pointwise_model_is_unchanged_by_tiling(scale):
     model = PointwiseUpscaler(scale)
     x = torch.rand(2, 3, 37, 50)
     ref = model(x).detach()
-    for tile, overlap in [(8, 0), (8, 4), (16, 5), (20, 13), (64, 8)]:
+    for tile, overlap in [(16, 0), (16, 8), (17, 5), (20, 10), (64, 8)]:
         out = run_tiled(model, x, tile=tile, overlap=overlap)
         torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
     assert torch.equal(run_tiled(model, x), ref)  # whole image: exactly model(x)
@@ -99,17 +100,53 @@ def test_cfsr_tiled_matches_whole_image():
 
 
 def test_overlap_defaults_to_the_models_recommendation():
-    """Without an explicit overlap the model's ``tile_overlap`` is used (clamped to the tile); HAT asks for 80 px."""
+    """Without an explicit overlap the model's ``tile_overlap`` is used (capped at half the tile); HAT asks for 80."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)).eval()
     x = torch.rand(1, 3, 40, 44)
-    model.tile_overlap = 12
+    model.tile_overlap = 6
     default = run_tiled(model, x, tile=16)
-    assert torch.equal(default, run_tiled(model, x, tile=16, overlap=12))
+    assert torch.equal(default, run_tiled(model, x, tile=16, overlap=6))
     assert not torch.equal(default, run_tiled(model, x, tile=16, overlap=4))
-    model.tile_overlap = 100  # larger than the tile: clamped, not an error (an explicit 100 is one)
-    assert torch.equal(run_tiled(model, x, tile=16), run_tiled(model, x, tile=16, overlap=15))
     with pytest.raises(ValueError, match="overlap"):
         run_tiled(model, x, tile=16, overlap=100)
     assert pixelforge.create_model("hat_s_x4", pretrained=False).tile_overlap == 80
     assert pixelforge.create_model("cfsr_x4", pretrained=False).tile_overlap == 32
+
+
+class _Counting(nn.Module):
+    """A pointwise model that counts its calls; asks for 32 px of overlap, like CFSR."""
+
+    tile_overlap = 32
+
+    def __init__(self, multiple: int = 1):
+        super().__init__()
+        self.spatial_multiple, self.calls = multiple, 0
+        self.proj = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        self.calls += 1
+        return self.proj(x)
+
+
+def test_small_tiles_never_collapse_the_stride():
+    """A tile at or below the model's overlap once advanced 1 px at a time (9,409 calls on 128x128 with 32-px
+    tiles); the overlap is now capped at half the tile, a tile below the minimum is raised, and a warning says so."""
+    model = _Counting()
+    x = torch.rand(1, 3, 128, 128)
+    ref = model(x).detach()
+    model.calls = 0
+    with pytest.warns(UserWarning, match="overlap 32 reduced to 16 for tile 32"):
+        out = run_tiled(model, x, tile=32)
+    assert model.calls == 7 * 7  # starts 0, 16, ..., 96 on each axis
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
+    model.calls = 0
+    with pytest.warns(UserWarning, match=f"tile 2 raised to {MIN_TILE}"):
+        run_tiled(model, x, tile=2, overlap=1)
+    assert MIN_TILE == 16 and model.calls == 9 * 9  # starts 0, 15, ..., 105, 112
+    with pytest.warns(UserWarning, match="the tile overlap 20 reduced to 16"):
+        run_tiled(model, x, tile=32, overlap=20)  # an explicit overlap is capped the same way
+    assert plan_tiles(_Counting(16), 20, None) == (32, 16, [  # rounded up to the model's multiple, then capped
+        "the model's tile overlap 32 reduced to 16 for tile 32 (tiles must advance by at least half their size)"])
+    assert plan_tiles(_Counting(16), 64, None) == (64, 32, [])
+    assert plan_tiles(_Counting(), None, 5) == (None, 0, [])

@@ -9,6 +9,7 @@ code with a single tile, and returns exactly ``model(image)``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,9 @@ from torch import nn
 from ..vision.dense import DenseImageModel
 from .precision import autocast, check_finite
 
-__all__ = ["run_tiled", "tile_starts"]
+__all__ = ["run_tiled", "tile_starts", "plan_tiles", "MIN_TILE"]
+
+MIN_TILE = 16  # smaller tiles save no memory and multiply the model calls (per-call overhead would dominate)
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -30,6 +33,42 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     stride = tile - overlap
     starts = list(range(0, size - tile, stride))
     return starts + [size - tile]
+
+
+def plan_tiles(model: nn.Module, tile: int | None, overlap: int | None = None) -> tuple[int | None, int, list[str]]:
+    """The tile side and overlap :func:`run_tiled` uses for ``model``, and notes on what was changed.
+
+    The tile is rounded up to ``model.spatial_multiple`` and raised to the model's minimum (:data:`MIN_TILE`, or
+    the multiple when larger). The overlap (``None``: the model's ``tile_overlap``, default 16) is rounded up to the
+    multiple and capped at half the tile, so tiles always advance by at least half their side: a small tile can
+    never collapse the stride into a crawl of one-pixel steps.
+
+    Returns:
+        (tile or None for whole images, overlap, notes): each note is one sentence saying what was raised or
+        reduced and why (empty when the arguments were used as given).
+    Raises:
+        ValueError: ``tile`` < 1, or an explicit ``overlap`` outside [0, tile).
+    """
+    if tile is None:
+        return None, 0, []
+    if tile <= 0:
+        raise ValueError(f"tile must be positive, got {tile}")
+    if overlap is not None and not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be in [0, tile), got {overlap} with tile {tile}")
+    multiple = int(getattr(model, "spatial_multiple", 1))
+    notes = []
+    wanted = int(getattr(model, "tile_overlap", 16)) if overlap is None else overlap
+    minimum = -(-max(MIN_TILE, multiple) // multiple) * multiple
+    if tile < minimum:
+        notes.append(f"tile {tile} raised to {minimum}, the smallest tile for this model")
+        tile = minimum
+    tile = -(-tile // multiple) * multiple
+    used = min(-(-wanted // multiple) * multiple, tile // 2 // multiple * multiple)
+    if used < wanted:
+        source = "the model's" if overlap is None else "the"
+        notes.append(f"{source} tile overlap {wanted} reduced to {used} for tile {tile} (tiles must advance by at "
+                     f"least half their size)")
+    return tile, used, notes
 
 
 def _ramp_weights(starts: list[int], length: int, size: int, overlap: int, scale: int) -> list[torch.Tensor]:
@@ -80,9 +119,10 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
         model: maps (B, C, h, w) → (B, C', s·h, s·w), s = ``model.upscale`` (1 when absent: restoration).
             ``model.spatial_multiple`` (default 1) is the size multiple it needs; tiles are rounded up to it.
         image: (B, C, H, W) float in [0, 1], on any device.
-        tile: tile side in input pixels; None (or ≥ the image) runs the whole image at once.
+        tile: tile side in input pixels; None (or ≥ the image) runs the whole image at once. Raised to the
+            model's minimum when smaller (see :func:`plan_tiles`; a warning says so).
         overlap: input pixels shared by neighbouring tiles (0 ≤ overlap < tile); they are blended. None: the
-            model's ``tile_overlap`` (default 16).
+            model's ``tile_overlap`` (default 16). Capped at half the tile, with a warning.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast); non-finite outputs raise NonFiniteOutputError.
         device: where the model runs (default: the device of its parameters). Tiles move there one at a time.
     Returns:
@@ -98,20 +138,14 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
     multiple = int(getattr(model, "spatial_multiple", 1))
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
-    model_overlap = overlap is None  # the model's recommendation is clamped to the tile, an explicit value checked
-    if model_overlap:
-        overlap = int(getattr(model, "tile_overlap", 16))
+    tile, overlap, notes = plan_tiles(model, tile, overlap)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     if tile is None:
-        th, tw, overlap = height, width, 0
+        th, tw = height, width
     else:
-        if tile <= 0:
-            raise ValueError(f"tile must be positive, got {tile}")
-        tile = -(-tile // multiple) * multiple
-        if not (model_overlap or 0 <= overlap < tile):
-            raise ValueError(f"tile overlap must be in [0, tile), got {overlap} with tile {tile}")
-        # keep every tile on the model's window grid (as in whole-image inference): pad the image to the multiple
-        # and round the overlap up to it, so all tile starts are multiples of it
-        overlap = min(-(-overlap // multiple) * multiple, tile - multiple)
+        # keep every tile on the model's window grid (as in whole-image inference): pad the image to the multiple;
+        # tile and overlap are multiples of it, so all tile starts are too
         image = _pad_to(image, multiple)
         height, width = image.shape[-2:]
         th, tw = min(tile, height), min(tile, width)
