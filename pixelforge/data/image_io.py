@@ -107,11 +107,21 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> ImageDat
         width, height, depth = struct.unpack(">IIB", data[16:25])
         if width == 0 or height == 0:
             raise EmptyImageError(path, f"zero-size image ({width}x{height})")
+        _check_pixel_limit(width, height, path)
         if depth == 16:
             arr, orientation = _decode_png16(data, path)
             return _to_image_data(_orient(arr, orientation), 16, channels)
     arr, depth, orientation = _decode_pil(data, path)
     return _to_image_data(_orient(arr, orientation), depth, channels)
+
+
+def _check_pixel_limit(width: int, height: int, path: Path) -> None:
+    """Refuse an image above Pillow's decompression-bomb limit (2 × ``PIL.Image.MAX_IMAGE_PIXELS``), from its
+    header, with Pillow's message: one limit and one message for every decoder, checked before any allocation."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > 2 * limit:
+        raise ImageReadError(path, f"Image size ({width * height} pixels) exceeds limit of {2 * limit} pixels, "
+                                   f"could be decompression bomb DOS attack.")
 
 
 def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, int, int]:
@@ -207,15 +217,17 @@ def _decode_png16(data: bytes, path: Path) -> tuple[np.ndarray, int]:
     if color_type not in _PNG16_CHANNELS:
         raise UnsupportedImageError(path, f"unsupported 16-bit PNG colour type {color_type}")
     n_chan = _PNG16_CHANNELS[color_type]
-    stream = zlib.decompressobj()
-    try:
-        raw = stream.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise ImageReadError(path, f"corrupt PNG image data ({exc})") from None
-    if not stream.eof:
-        raise ImageReadError(path, "truncated or incomplete file (PNG image data ends early)")
     bpp = 2 * n_chan
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    expected = sum(-(-(height - y0) // dy) * (-(-(width - x0) // dx) * bpp + 1)
+                   for x0, y0, dx, dy in passes if width > x0 and height > y0)
+    stream = zlib.decompressobj()
+    try:  # never more than the image needs: a compressed stream cannot inflate past its header's size
+        raw = stream.decompress(b"".join(idat), expected)
+    except zlib.error as exc:
+        raise ImageReadError(path, f"corrupt PNG image data ({exc})") from None
+    if len(raw) < expected and not stream.eof:
+        raise ImageReadError(path, "truncated or incomplete file (PNG image data ends early)")
     out = np.zeros((height, width, bpp), np.uint8)
     offset = 0
     for x0, y0, dx, dy in passes:

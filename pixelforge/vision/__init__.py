@@ -6,4 +6,5 @@ from . import dereflect  # noqa: F401
 from . import sret  # noqa: F401
 from . import hat  # noqa: F401
 from . import craft  # noqa: F401
+from . import mambair  # noqa: F401
 from . import vim  # noqa: F401
