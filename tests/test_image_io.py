@@ -164,6 +164,36 @@ def test_read_errors_name_the_file_and_the_problem(tmp_path):
         read_image(tmp_path)
 
 
+def test_one_pixel_limit_for_every_decoder(tmp_path, monkeypatch):
+    """16-bit PNGs, decoded by pixelforge, are refused from their header above Pillow's decompression-bomb limit
+    with the message 8-bit files get (a 14000² gray16 file once decoded for 89 s at 4.5 GB before failing)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # refused above 2000 pixels
+    arr = RNG.integers(0, 65536, (50, 41, 1), dtype=np.uint16)
+    (tmp_path / "gray16.png").write_bytes(_png16(arr))
+    Image.fromarray((arr[..., 0] >> 8).astype(np.uint8)).save(tmp_path / "gray8.png")
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 16, 2, 0, 0, 0)  # header only: nothing may be allocated for it
+    (tmp_path / "huge16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b""))
+    messages = []
+    for name in ("gray8.png", "gray16.png", "huge16.png"):
+        with pytest.raises(ImageReadError, match="exceeds limit of 2000 pixels") as info:
+            read_image(tmp_path / name)
+        messages.append(str(info.value).replace(name, "NAME"))
+    assert messages[0] == messages[1] and "\n" not in messages[0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1025)  # 2050 pixels: both read
+    assert read_image(tmp_path / "gray16.png").bit_depth == 16 and read_image(tmp_path / "gray8.png").bit_depth == 8
+
+
+def test_png16_stream_longer_than_its_header_is_not_inflated(tmp_path):
+    """The IDAT stream is inflated only up to the size the header declares (a zlib bomb cannot grow past it)."""
+    arr = RNG.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    raw = _filter_rows(arr.astype(">u2").view(np.uint8).reshape(6, 5, 6), (0,))
+    ihdr = struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw + bytes(10 ** 7)))
+            + _chunk(b"IEND", b""))
+    (tmp_path / "long.png").write_bytes(data)
+    assert np.array_equal(_as_uint16(read_image(tmp_path / "long.png")), arr)
+
+
 def test_writes_are_atomic(tmp_path, monkeypatch):
     pixels = torch.rand(3, 8, 9)
     with pytest.raises(ImageWriteError, match="cannot write") as info:

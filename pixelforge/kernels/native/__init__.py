@@ -1,9 +1,11 @@
 """Native CPU kernels: the fused selective-scan forward (``scan.c``), built on first use and called through ctypes.
 
 The C source needs no Python or torch headers: the first call compiles it with the system C compiler (``$CC``,
-else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, retried without ``-march=native``) into
-``$PIXELFORGE_HOME/kernels`` (default ``~/.cache/pixelforge/kernels``), keyed by a hash of the source, the flags, the
-compiler and the CPU, and written atomically, so concurrent processes never load a half-written library. Without a
+else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, retried with fewer flags; ``$PIXELFORGE_NATIVE_CFLAGS``
+replaces them, e.g. ``-O3 -march=x86-64-v3`` for an AVX2 build) into ``$PIXELFORGE_HOME/kernels`` (default
+``~/.cache/pixelforge/kernels``), keyed by a hash of the source, the flags, the compiler and the CPU, and written
+atomically (temporaries left by a killed build are removed by the next one), so concurrent processes never load a
+half-written library. The kernel's vector width follows the target (16 float lanes with AVX-512, else 8). Without a
 working compiler :func:`native_available` is False and the ops take their PyTorch path (one log line at INFO, no
 warning). ``PIXELFORGE_KERNELS=torch`` never builds anything.
 """
@@ -15,19 +17,32 @@ import hashlib
 import logging
 import os
 import platform
+import re
+import shlex
 import shutil
 import subprocess
-import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import torch
 
-__all__ = ["native_available", "selective_scan_native", "NATIVE_MAX_DSTATE"]
+__all__ = ["native_available", "library_path", "selective_scan_native", "NATIVE_MAX_DSTATE"]
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("scan.c")
-_FLAG_SETS = (["-O3", "-march=native", "-mprefer-vector-width=512"], ["-O3"])
-# the kernel keeps a (dstate × 16) state tile per work item; larger states take the PyTorch path
+FLAGS_ENV = "PIXELFORGE_NATIVE_CFLAGS"
+# tried in order: the host's full vector width (x86: prefer 512-bit vectors where AVX-512 exists), the host's
+# instruction set (compilers without -mprefer-vector-width, e.g. on ARM), the compiler's baseline target
+_FLAG_SETS = (("-O3", "-march=native", "-mprefer-vector-width=512"), ("-O3", "-march=native"), ("-O3",))
+# always passed: -fno-trapping-math lets GCC if-convert the kernel's branch-free clamps and selects, without which
+# its loops stay scalar on AVX2 (10x slower); the kernel raises no floating-point exceptions anyway
+_FIXED_FLAGS = ("-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared")
+_COMPILE_TIMEOUT_S = 300
+# a temporary file older than this cannot belong to a build still running; names carry the writer's PID
+_STALE_S = 2 * _COMPILE_TIMEOUT_S
+_TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]+\.tmp$")
+# the kernel keeps a (dstate × lanes) state tile per work item; larger states take the PyTorch path
 NATIVE_MAX_DSTATE = 256
 
 
@@ -54,42 +69,72 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _clean_stale_temps(folder: Path) -> None:
+    """Remove temporary files a killed writer left in the cache: ``.pf_*.PID-XXXX.tmp`` whose PID is gone (or that
+    are older than any build can take), and the PID-less ``.pf_scan_*.so`` temporaries of older versions."""
+    now = time.time()
+    for path in folder.glob(".pf_*"):
+        m = _TEMP_PID.search(path.name)
+        try:
+            old = now - path.stat().st_mtime > _STALE_S
+            if old or (m is not None and not _pid_running(int(m.group(1)))):
+                path.unlink()
+        except OSError:  # vanished meanwhile (its writer finished, or another process cleaned it)
+            continue
+
+
 def _build(cc: str, flags: list[str]) -> Path:
     """Compile scan.c with ``flags`` into the cache (atomically); returns the library path."""
     source = _SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
+    command = [*flags, *_FIXED_FLAGS]
+    key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), version.encode(),
                                      _cpu_signature().encode(), platform.machine().encode()])).hexdigest()[:16]
     out_dir = _cache_dir()
     lib = out_dir / f"pf_scan_{key}.so"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(out_dir)
     if lib.is_file():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".pf_scan_", dir=out_dir)
-    os.close(fd)
+    # the temporary name carries this process's PID, so whoever builds next can tell an orphan from a live build
+    tmp = out_dir / f".{lib.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        res = subprocess.run([cc, *flags, "-fopenmp-simd", "-fPIC", "-shared", "-o", tmp, str(_SOURCE), "-lpthread"],
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run([cc, *command, "-o", str(tmp), str(_SOURCE), "-lpthread"], capture_output=True,
+                             text=True, timeout=_COMPILE_TIMEOUT_S)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} {' '.join(flags)} failed: {res.stderr.strip()[-500:]}")
-        os.chmod(tmp, 0o755)  # mkstemp made it private; a shared cache must stay loadable by others
+        os.chmod(tmp, 0o755)  # whatever the umask: a shared cache must stay loadable by others
         os.replace(tmp, lib)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return lib
 
 
-@functools.lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL | None:
+    return _load(os.environ.get("CC"), os.environ.get(FLAGS_ENV))
+
+
+@functools.lru_cache(maxsize=None)
+def _load(cc_env: str | None, flags_env: str | None) -> ctypes.CDLL | None:
+    """The library built for ``$CC`` and ``$PIXELFORGE_NATIVE_CFLAGS`` (the arguments), loaded once per pair."""
     cc = _compiler()
     if cc is None:
         _log.info("pixelforge native kernels unavailable: no C compiler (set $CC); using the PyTorch path")
         return None
     errors = []
-    for flags in _FLAG_SETS:
+    for flags in [shlex.split(flags_env)] if flags_env else _FLAG_SETS:
         try:
-            lib = ctypes.CDLL(str(_build(cc, flags)))
+            lib = ctypes.CDLL(str(_build(cc, list(flags))))
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             errors.append(str(exc))
             continue
@@ -99,6 +144,12 @@ def _library() -> ctypes.CDLL | None:
         return lib
     _log.info("pixelforge native kernels unavailable (%s); using the PyTorch path", "; ".join(errors))
     return None
+
+
+def library_path() -> Path | None:
+    """The loaded library (built on first call), None without one; its name hashes source, compiler, flags and CPU."""
+    lib = _library()
+    return None if lib is None else Path(lib._name)
 
 
 def native_available() -> bool:

@@ -1,13 +1,15 @@
 /* Fused selective-scan forward for CPU (pixelforge.kernels.native), the whole op in one pass over time:
  * Δ = softplus(delta + delta_bias), h ← exp(Δ·A)·h + Δ·u·B, y = Σ_n C·h + D·u, out = y·silu(z).
- * Vectorised across 16 channels that share their B/C groups; the (n × 16) state stays in L1 and exp(Δ·A) is
- * computed in-loop by a vectorisable polynomial, so nothing of size L·d·n is ever written to memory.
+ * Vectorised across LANES channels (one vector of the target) that share their B/C groups; the (n × LANES) state
+ * stays in L1 and exp(Δ·A) is computed in-loop by a branch-free polynomial that the compiler vectorises (built with
+ * -fno-trapping-math, without which GCC does not if-convert its clamps for AVX2 and leaves the loop scalar), so
+ * nothing of size L·d·n is ever written to memory.
  *
  * ptrs: u, delta, A, B, C, D, z, delta_bias (float32; D, z, delta_bias may be NULL), out, last
  * prm:  b, d, L, n, gB, gC, b_var, c_var, softplus, reverse, then element strides:
  *       u (b, d, L), delta (b, d, L), z (b, d, L), A (d, n), B and C (b, g, n, L) when *_var, else (d, n, -, -),
  *       D (d), delta_bias (d)
- * out (b, d, L) and last (b, d, n) are written C-contiguous. Work items (batch, block of up to 16 channels inside
+ * out (b, d, L) and last (b, d, n) are written C-contiguous. Work items (batch, block of up to LANES channels inside
  * one group of B and of C) are split over `threads` POSIX threads. Built by pixelforge/kernels/native/__init__.py
  * with the system C compiler; no Python or torch headers.
  */
@@ -15,7 +17,16 @@
 #include <stdint.h>
 #include <string.h>
 
-#define LANES 16
+/* Channels per work item, one per float lane of the target's vectors: 16 with AVX-512, else 8 (one AVX2 vector,
+ * two NEON or SSE vectors); -DPF_LANES=N overrides. */
+#ifndef PF_LANES
+#if defined(__AVX512F__)
+#define PF_LANES 16
+#else
+#define PF_LANES 8
+#endif
+#endif
+#define LANES PF_LANES
 #define MAX_STATE 256
 #define MAX_THREADS 64
 
@@ -60,7 +71,7 @@ static inline float softplus(float x) {
     return x > 20.0f ? x : sp;
 }
 
-/* One position for 16 lanes: h ← exp(Δ·A)·h + Δu·B, returns Σ_k C·h per lane in acc. B/C are per-group scalars
+/* One position for all lanes: h ← exp(Δ·A)·h + Δu·B, returns Σ_k C·h per lane in acc. B/C are per-group scalars
  * (b_var/c_var = 1) or per-lane rows; the flags are constants at each call site, so each variant is compiled
  * separately. */
 static inline __attribute__((always_inline)) void step(int64_t n, const float *restrict w, const float *restrict v,
@@ -89,12 +100,12 @@ typedef struct {
     int64_t item0, item1;
 } job_t;
 
-/* Positions per time chunk: the chunk's Δ, Δ·u and y for 16 lanes (3 × 16 KiB) stay in L1/L2. */
+/* Positions per time chunk: the chunk's Δ, Δ·u and y for all lanes (3 × 16 KiB at 16 lanes) stay in L1/L2. */
 #define CHUNK 256
 
 /* One work item: batch bi, channels [c0, c0 + nl) inside one group of B and of C. Time is walked in chunks: a
  * prologue computes Δ and Δ·u per channel along time (contiguous reads, vectorised over positions), the scan runs
- * across the 16 lanes, and an epilogue adds D·u and the gate per channel along time. */
+ * across the lanes, and an epilogue adds D·u and the gate per channel along time. */
 static void scan_block(const float *const *ptr, const int64_t *p, int64_t bi, int64_t c0, int64_t nl) {
     const float *u = ptr[0], *delta = ptr[1], *A = ptr[2], *B = ptr[3], *C = ptr[4], *D = ptr[5], *z = ptr[6],
                 *bias = ptr[7];
@@ -177,7 +188,7 @@ static int64_t region_size(const int64_t *p) {
     return p[P_D] / g;
 }
 
-/* Work items are numbered batch-major: (bi, region, block of 16 channels within the region). */
+/* Work items are numbered batch-major: (bi, region, block of LANES channels within the region). */
 static void *scan_items(void *arg) {
     const job_t *j = (const job_t *)arg;
     const int64_t per = region_size(j->p), regions = j->p[P_D] / per, blocks = (per + LANES - 1) / LANES;
