@@ -1,17 +1,63 @@
-"""Timing shared by the benchmark scripts in tools/."""
+"""Timing and machine description shared by the benchmark scripts in tools/."""
 from __future__ import annotations
 
+import platform
 import statistics
+import subprocess
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # process CPU time counts every thread's seconds
+
+
+def alternating_medians(fns: Sequence[Callable[[], object]], repeats: int,
+                        clocks: Mapping[str, Callable[[], float]] = CLOCKS, warmup: int = 1) -> list[dict[str, float]]:
+    """Median seconds of each of ``fns`` by each clock, over ``repeats`` rounds of calls interleaved
+    (fns[0], fns[1], ..., fns[0], ...) so that load changes on a shared machine hit every function alike.
+
+    ``warmup`` untimed rounds come first. Returns one ``{clock name: median seconds}`` per function.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[dict[str, list[float]]] = [{name: [] for name in clocks} for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            start = {name: clock() for name, clock in clocks.items()}
+            fn()
+            for name, clock in clocks.items():
+                record[name].append(clock() - start[name])
+    return [{name: statistics.median(values) for name, values in record.items()} for record in times]
 
 
 def median_time(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
     """Median seconds (by ``clock``) of ``fn()`` over ``repeats`` runs after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return statistics.median(times)
+    return alternating_medians([fn], repeats, {"t": clock})[0]["t"]
+
+
+def matmul_probe(size: int = 2048) -> tuple[Callable[[], object], int]:
+    """A seeded fp32 (size, size) @ (size, size) product to time, and its multiply-adds (size³)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    out = torch.empty(size, size)
+    return (lambda: torch.mm(a, b, out=out)), size ** 3
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` model name, else ``lscpu``, else ``platform.processor()``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine()
