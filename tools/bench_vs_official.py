@@ -173,10 +173,14 @@ def build_pair(runner: ModuleType, family: str, refs: str | None):
         ours = pixelforge.load_official(_copy(net.state_dict()), "var").eval()
         our_vae = pixelforge.load_official(_copy(vae.state_dict()), "var_vqvae").eval()
         s = VAR_SAMPLING
-        official = lambda _: runner.var_sample(net, batch=1, label=s["label"], seed=s["seed"], cfg=s["cfg"],
-                                               top_k=s["top_k"], top_p=s["top_p"])  # noqa: E731
-        mine = lambda _: sample(ours, our_vae, 1, s["label"], cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"],  # noqa: E731
-                                generator=torch.Generator().manual_seed(s["seed"]), use_cache=True).images
+
+        def official(_):  # the official sampler always runs with its KV cache
+            return runner.var_sample(net, batch=1, label=s["label"], seed=s["seed"], cfg=s["cfg"], top_k=s["top_k"],
+                                     top_p=s["top_p"])
+
+        def mine(_):
+            return sample(ours, our_vae, 1, s["label"], cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"],
+                          generator=torch.Generator().manual_seed(s["seed"]), use_cache=True).images
         return official, mine
     net = runner.build(family, refs=refs)
     state = _copy((net.net_i if family == "rrformer" else net).state_dict())
