@@ -54,3 +54,46 @@ def test_models_lists_the_zoo(tmp_path, capsys, monkeypatch):
     assert len(capsys.readouterr().out.strip().splitlines()) == 4
     assert main(["models", "no_such_model*"]) == 1
     assert "no model matches 'no_such_model*'" in capsys.readouterr().err
+
+
+def test_checkpoint_problems_are_named(tmp_path):
+    """Random bytes are not a checkpoint (they were reported as needing arbitrary Python objects), a folder is a
+    folder (was "checkpoint not found"), and a pickle that would run code is refused without running it."""
+    import os
+    import pickle
+
+    from pixelforge.zoo import CheckpointError, read_checkpoint
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 16)
+    (tmp_path / "text.pth").write_text("hello, not a checkpoint\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"w": Payload()}))
+    torch.save({"w": Payload()}, tmp_path / "evil_zip.pth")
+    cases = {"random.pth": "is not a checkpoint (unreadable", "text.pth": "is not a checkpoint (unreadable",
+             "empty.pth": "is not a checkpoint (unreadable", "evil.pth": "needs arbitrary Python objects",
+             "evil_zip.pth": "needs arbitrary Python objects", "folder": "is a folder, not a checkpoint file"}
+    (tmp_path / "folder").mkdir()
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=message.replace("(", "\\(")) as info:
+            read_checkpoint(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_saved_weights_have_the_usual_file_mode(tmp_path):
+    """Exported safetensors honour the umask (0644 with umask 022) instead of safetensors' private 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = pixelforge.save_weights({"w": torch.ones(2)}, tmp_path / "w.safetensors", {"k": "v"})
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"k": "v"} and torch.equal(f.get_tensor("w"), torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,12 +23,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint file without executing code.
 
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``.
-    A pickle that needs arbitrary classes is refused with a message naming the file.
+    A pickle that needs arbitrary classes is refused with a message naming the file; a file that is no pickle or
+    PyTorch archive at all (random bytes, text, a cut-off download) is reported as not a checkpoint.
 
     Returns:
         The raw object stored in the file (usually a dict of tensors, or a dict wrapping one).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -39,14 +43,35 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # torch.load fails in many ways on files that are not what they claim to be
+        inner = exc.__context__ or exc
+        problem = f"{type(inner).__name__}: {' '.join(str(inner).split())}".rstrip(": ")
+        if not _needs_objects(path, problem):
+            raise CheckpointError(f"{path} is not a checkpoint (unreadable as a PyTorch or safetensors file: "
+                                  f"{problem[:200]})") from exc
         raise CheckpointError(
             f"refusing to load {path}: it needs arbitrary Python objects to unpickle, and pixelforge only loads "
             f"checkpoints with weights_only=True (a checkpoint never runs code). Re-save its state dict with "
-            f"torch.save(state_dict) from a trusted environment. ({str(exc).splitlines()[0]})"
+            f"torch.save(state_dict) from a trusted environment. ({problem[:200]})"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+_OBJECT_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _needs_objects(path: Path, problem: str) -> bool:
+    """Whether a file torch.load refused is a pickle that imports classes or calls functions (rather than bytes
+    that are no pickle at all). The opcodes are only read, never run."""
+    if "GLOBAL" in problem:  # torch's weights-only unpickler names the global it blocked
+        return True
+    try:
+        with open(path, "rb") as f:
+            names = {op.name for op, _, _ in pickletools.genops(f)}  # the whole stream: text can start like one
+    except Exception:  # not a pickle stream: invalid opcode, cut short...
+        return False
+    return bool(names & _OBJECT_OPCODES)
 
 
 def _is_state_dict(obj) -> bool:

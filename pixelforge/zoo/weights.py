@@ -68,19 +68,18 @@ def load_weights(model: nn.Module, source, filter_fn: FilterFn | None = None, st
 
 def save_weights(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
                  metadata: dict[str, str] | None = None) -> Path:
-    """Write a state dict as safetensors atomically (temporary file, then rename). Shared tensors are cloned."""
-    from safetensors.torch import save_file
+    """Write a state dict as safetensors atomically (:func:`~pixelforge.data.image_io.atomic_open`: a temporary
+    file, then rename), with the usual file mode (0666 less the umask). Shared tensors are cloned."""
+    from safetensors.torch import save
+
+    from ..data.image_io import atomic_open
 
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:  # safetensors' own save_file creates files readable by their owner only
+        f.write(save(state, metadata=metadata))
     return path
 
 
