@@ -31,7 +31,7 @@ def test_reproduces_released_cfsr_scores(tmp_path, capsys, scale, dataset):
     reference = json.loads((folder / "scores.json").read_text())["results"][dataset]
     rc = main(["eval", "--model", f"cfsr_x{scale}", "--weights", str(folder / "checkpoint.pth"),
                "--data", str(_bench(dataset)), "--scale", str(scale), "--json", str(tmp_path / "scores.json"),
-               "--device", "cpu"])
+               "--device", "cpu", "--precision", "fp32"])
     printed = capsys.readouterr().out
     assert rc == 0
     got = json.loads((tmp_path / "scores.json").read_text())

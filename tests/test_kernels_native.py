@@ -1,15 +1,17 @@
 """The native CPU selective-scan forward: against the float64 sequential reference and the PyTorch path, dispatch
 (inference only, gradients on the PyTorch path), the build cache, and the fallback without a compiler."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import parity_case
-from pixelforge.kernels import native, use_backend
+from pixelforge.kernels import dispatch, native, use_backend
 from pixelforge.kernels.dispatch import native_available
 from test_kernels_scan import _call, _cases, random_inputs, run_fixture_forward, sequential_scan
 
@@ -82,13 +84,17 @@ def test_official_fixture_forward(folder, name):
         run_fixture_forward(case, c, io, inp)
 
 
-def test_auto_runs_native_for_inference_only(monkeypatch):
-    """auto on CPU: no-grad calls run the native kernel, calls that need gradients the PyTorch path."""
+def test_auto_runs_native_for_inference_only(monkeypatch, tmp_path):
+    """auto on CPU, native measured faster: no-grad calls run the native kernel, calls that need gradients the
+    PyTorch path (the measured choice: tests/test_kernels_autotune.py)."""
     calls = []
     real = native.selective_scan_native
     monkeypatch.setattr("pixelforge.kernels.scan.selective_scan_native",
                         lambda *a: calls.append(1) or real(*a))
     monkeypatch.delenv("PIXELFORGE_KERNELS", raising=False)
+    monkeypatch.setenv("PIXELFORGE_HOME", str(tmp_path))
+    monkeypatch.setattr(dispatch, "_choices", {})
+    monkeypatch.setattr(dispatch, "measure_candidates", lambda cands: {"native": 1.0, "torch": 2.0})
     inp = random_inputs(1, 16, 4, 12, seed=0)
     with torch.no_grad():
         out = _call(inp, delta_softplus=True)
@@ -115,6 +121,39 @@ def test_native_library_is_cached(tmp_path, monkeypatch):
     again = native._build(native._compiler(), ["-O3"])
     assert again == first and again.stat().st_mtime_ns == stamp and first.parent == tmp_path / "kernels"
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files left behind
+
+
+def test_a_killed_build_leaves_no_orphan(tmp_path, monkeypatch):
+    """A build killed mid-compile leaves its temporary library behind; the next build (even a cache hit) removes
+    it, and keeps the temporaries of builds still running."""
+    home = tmp_path / "home"
+    cc = tmp_path / "slowcc"  # a compiler that writes its output and then hangs
+    cc.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\n: > "$2"\nexec sleep 60\n')
+    cc.chmod(0o755)
+    code = "from pixelforge.kernels import native; native._build(native._compiler(), ['-O3'])"
+    env = dict(os.environ, PIXELFORGE_HOME=str(home), CC=str(cc))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1],
+                            start_new_session=True)
+    try:
+        for _ in range(600):
+            orphans = list((home / "kernels").glob(".pf_scan_*.tmp")) if (home / "kernels").is_dir() else []
+            if orphans or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the build and its compiler
+        proc.wait()
+    assert len(orphans) == 1 and str(proc.pid) in orphans[0].name
+    live = home / "kernels" / f".pf_scan_x.so.{os.getpid()}-0123abcd.tmp"  # a build of this (live) process
+    live.touch()
+    old = home / "kernels" / ".pf_scan_abcd1234.so"  # an earlier version's temporary, without PID, an hour old
+    old.touch()
+    os.utime(old, (time.time() - 3600,) * 2)
+    monkeypatch.setenv("PIXELFORGE_HOME", str(home))
+    lib = native._build(native._compiler(), ["-O3"])
+    (home / "kernels" / f".{lib.name}.{proc.pid}-89abcdef.tmp").touch()  # another orphan of the killed build
+    assert native._build(native._compiler(), ["-O3"]) == lib  # a cache hit cleans too
+    assert sorted(p.name for p in (home / "kernels").iterdir()) == sorted([lib.name, live.name])
 
 
 def test_bad_compiler_reports_its_error(tmp_path, monkeypatch):

@@ -5,17 +5,23 @@
 
 Attention (HAT window / overlapping-key shapes, CRAFT rectangular windows, Swin 7x7, VAR global block-causal): the op
 vs partition + matmul + bias + mask + softmax + matmul, inference and training (forward + backward, bias trainable).
-Selective scan (Vim-tiny shapes, batch 1 and 8, d 384, n 16, L 197; long sequences L 2048 and 8192): the op (on CPU
-its PyTorch path and its native kernel, side by side) vs a
-sequential per-token loop written like the official ``selective_scan_ref`` (precomputed exp(Δ·A) and Δ·B·u, one
-step and one einsum per position). Peak memory: on CPU the growth of the resident set (VmHWM after a malloc_trim
-and a reset of the high-water mark), on CUDA ``max_memory_allocated`` above the inputs.
+Selective scan (Vim-tiny shapes, batch 1 and 8, d 384, n 16, L 197; MambaIR's one call per block, 4 directions of
+d 360 in 4 groups at 64x64; long sequences L 2048 and 8192), forward and reverse: the op (on CPU its PyTorch path,
+its native kernel as built here and as built with each ``--native-cflags``, and ``auto``, timed in turn in one
+process) vs a sequential per-token loop written like the official ``selective_scan_ref`` (precomputed exp(Δ·A) and
+Δ·B·u, one step and one einsum per position); the last column is the speed-up over the op's PyTorch path. Then
+auto's measured choices. Peak memory: on CPU the growth of the resident set (VmHWM after a malloc_trim and a reset of
+the high-water mark), on CUDA ``max_memory_allocated`` above the inputs.
+
+    python tools/bench_kernels.py --only scan --threads 1 --cpu-time --native-cflags "-O3 -march=x86-64-v3"
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
+import json
 import os
 import statistics
 import sys
@@ -26,8 +32,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pixelforge.kernels import attention, selective_scan, use_backend  # noqa: E402
+from pixelforge.kernels import attention, native, selective_scan, use_backend  # noqa: E402
 from pixelforge.kernels.dispatch import native_available  # noqa: E402
+from bench_common import alternating_medians, cpu_model  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- measurement
@@ -58,6 +65,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _clock(device: str):
+    return time.process_time if CPU_TIME and device == "cpu" else time.perf_counter
+
+
 def measure(fn, device: str, reps: int) -> tuple[float, float]:
     """(median seconds, peak extra memory in MiB) of fn() after one warm-up call.
 
@@ -66,12 +77,17 @@ def measure(fn, device: str, reps: int) -> tuple[float, float]:
     fn()
     _sync(device)
     times = []
-    clock = time.process_time if CPU_TIME and device == "cpu" else time.perf_counter
+    clock = _clock(device)
     for _ in range(reps):
         t0 = clock()
         fn()
         _sync(device)
         times.append(clock() - t0)
+    return statistics.median(times), peak_mib(fn, device)
+
+
+def peak_mib(fn, device: str) -> float:
+    """Peak extra memory (MiB) of one call of fn()."""
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -93,19 +109,21 @@ def measure(fn, device: str, reps: int) -> tuple[float, float]:
             peak = float("nan")
     else:
         peak = float("nan")
-    return statistics.median(times), peak / 2 ** 20
+    return peak / 2 ** 20
 
 
-def row(case: str, impl: str, t: float, mem: float, ref_t: float | None = None, err: float | None = None) -> None:
+def row(case: str, impl: str, t: float, mem: float, ref_t: float | None = None, err: float | None = None,
+        base_t: float | None = None) -> None:
     ratio = "" if ref_t is None else f"{ref_t / t:8.1f}x"
     e = "" if err is None else f"{err:10.2e}"
-    print(f"{case:34s} {impl:26s} {t * 1e3:10.2f} {mem:10.1f} {ratio:>9s} {e:>10s}", flush=True)
+    vs = "" if base_t is None else f"{base_t / t:8.2f}x"
+    print(f"{case:40s} {impl:34s} {t * 1e3:10.2f} {mem:10.1f} {ratio:>9s} {e:>10s} {vs:>9s}", flush=True)
 
 
-def header(title: str) -> None:
+def header(title: str, base: str = "") -> None:
     print(f"\n== {title}")
-    print(f"{'case':34s} {'implementation':26s} {'time ms':>10s} {'peak MiB':>10s} {'speed-up':>9s} "
-          f"{'max err':>10s}")
+    print(f"{'case':40s} {'implementation':34s} {'time ms':>10s} {'peak MiB':>10s} {'speed-up':>9s} "
+          f"{'max err':>10s} {base:>9s}")
 
 
 # ------------------------------------------------------------------------------------------- attention
@@ -214,52 +232,89 @@ def sequential_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return out.to(dtype_in), x
 
 
-def scan_inputs(b, d, n, L, device):
+def scan_inputs(b, d, n, L, device, groups=1, gate=True):
     g = torch.Generator().manual_seed(0)
     dt = torch.exp(torch.rand(d, generator=g) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
                    + torch.log(torch.tensor(1e-3)))
     return dict(u=torch.randn(b, d, L, generator=g), delta=torch.randn(b, d, L, generator=g) * 0.5,
                 A=-torch.exp(torch.log(torch.arange(1.0, n + 1)).repeat(d, 1)),
-                B=torch.randn(b, 1, n, L, generator=g), C=torch.randn(b, 1, n, L, generator=g),
-                D=torch.ones(d), z=torch.randn(b, d, L, generator=g),
+                B=torch.randn(b, groups, n, L, generator=g), C=torch.randn(b, groups, n, L, generator=g),
+                D=torch.ones(d), z=torch.randn(b, d, L, generator=g) if gate else None,
                 delta_bias=dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt), Mamba's initialisation
 
 
-def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool) -> None:
-    """Forward: every backend of the device (CPU: the PyTorch path and, when it builds, the native kernel; CUDA:
-    Triton) against the sequential loop; forward + backward: the device's training backend (CPU: PyTorch path)."""
+@contextlib.contextmanager
+def native_build(flags: str | None):
+    """Run the native backend as built with compiler ``flags`` ($PIXELFORGE_NATIVE_CFLAGS; None: the default)."""
+    old = os.environ.pop(native.FLAGS_ENV, None)
+    if flags is not None:
+        os.environ[native.FLAGS_ENV] = flags
+    try:
+        yield
+    finally:
+        os.environ.pop(native.FLAGS_ENV, None)
+        if old is not None:
+            os.environ[native.FLAGS_ENV] = old
+
+
+def scan_cases(long_lengths: list[int]):
+    """(name, b, d, n, L, groups of B/C, gate z)."""
+    cases = [("Vim-tiny b=1 L=197", 1, 384, 16, 197, 1, True), ("Vim-tiny b=8 L=197", 8, 384, 16, 197, 1, True),
+             ("MambaIR 64x64 4x360 ch g4", 1, 4 * 360, 16, 64 * 64, 4, False)]
+    return cases + [(f"long b=1 L={L}", 1, 384, 16, L, 1, True) for L in long_lengths]
+
+
+def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool, cflags: list[str]) -> None:
+    """Forward: every backend of the device (CPU: the PyTorch path, the native kernel as built by default and with
+    each of ``cflags``, auto; CUDA: Triton) against the sequential loop, timed in turn; forward + backward: the
+    device's training backend (CPU: PyTorch path)."""
     if device == "cuda":
-        backends = ["triton"]
+        impls = [("op (triton)", "triton", None)]
     else:
-        backends = ["torch"] + (["native"] if native_available() else [])
+        impls = [("op (torch)", "torch", None)]
+        if native_available():
+            impls += [("op (native)", "native", None)]
+            impls += [(f"op (native {flags})", "native", flags) for flags in cflags]
+            impls += [("op (auto)", "auto", None)]
     train_backend = "triton" if device == "cuda" else "torch"
-    header(f"selective scan on {device}, op backends {', '.join(backends)} (reverse = right-to-left Vim branch)")
-    cases = [("Vim-tiny b=1 L=197", 1, 384, 16, 197), ("Vim-tiny b=8 L=197", 8, 384, 16, 197)]
-    cases += [(f"long b=1 L={L}", 1, 384, 16, L) for L in long_lengths]
-    for name, b, d, n, L in cases:
-        inp = {k: v.to(device) for k, v in scan_inputs(b, d, n, L, device).items()}
+    header(f"selective scan on {device}, {', '.join(name for name, _, _ in impls)}", "vs torch")
+    for name, b, d, n, L, groups, gate in scan_cases(long_lengths):
+        inp = {k: v.to(device) if v is not None else None
+               for k, v in scan_inputs(b, d, n, L, device, groups, gate).items()}
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         seq_reps = max(1, min(reps, 3)) if L > 1000 else reps
         with torch.no_grad():
             ref_out, ref_last = sequential_scan(*args, True)
             t_s, m_s = measure(lambda: sequential_scan(*args, True), device, seq_reps)
             row(f"{name} fwd", "sequential loop", t_s, m_s)
-            for backend in backends:
-                with use_backend(backend):
-                    out, last = selective_scan(*args, delta_softplus=True, return_last_state=True)
+
+            def call(backend, flags, reverse=False, last=False):
+                with use_backend(backend), native_build(flags):
+                    res = selective_scan(*args, delta_softplus=True, return_last_state=last, reverse=reverse)
+                _sync(device)
+                return res
+
+            runs = [(impl, reverse) for impl in impls for reverse in (False, True)]
+            fns = [lambda i=impl, r=reverse: call(i[1], i[2], r) for impl, reverse in runs]
+            times = alternating_medians(fns, seq_reps, {"t": _clock(device)})
+            base = {}
+            for (impl, reverse), fn, t in zip(runs, fns, times):
+                label, backend, flags = impl
+                err = None
+                if not reverse:
+                    out, last = call(backend, flags, last=True)
                     err = max((out - ref_out).abs().max().item(), (last - ref_last).abs().max().item())
-                    t_o, m_o = measure(lambda: selective_scan(*args, delta_softplus=True), device, reps)
-                    t_r, m_r = measure(lambda: selective_scan(*args, delta_softplus=True, reverse=True), device,
-                                       reps)
-                row(f"{name} fwd", f"op ({backend})", t_o, m_o, t_s, err)
-                row(f"{name} fwd", f"op ({backend}) reverse", t_r, m_r, t_s)
+                base.setdefault(reverse, t["t"])  # the PyTorch path comes first
+                row(f"{name} {'rev' if reverse else 'fwd'}", label, t["t"], peak_mib(fn, device),
+                    t_s, err, base[reverse])
         if backward and L <= 2048:
-            leaves = [a.detach().requires_grad_(True) for a in args]
+            leaves = [a.detach().requires_grad_(True) if a is not None else None for a in args]
 
             def train(fn):
                 def step():
                     for t in leaves:
-                        t.grad = None
+                        if t is not None:
+                            t.grad = None
                     fn(*leaves).float().sum().backward()
                 return step
 
@@ -268,6 +323,12 @@ def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool) 
                 t_o, m_o = measure(train(lambda *a: selective_scan(*a, delta_softplus=True)), device, reps)
             row(f"{name} fwd+bwd", "sequential loop (autograd)", t_s, m_s)
             row(f"{name} fwd+bwd", f"op ({train_backend})", t_o, m_o, t_s)
+    path = native.library_path()
+    choices = path.with_name(path.stem + ".auto.json") if path is not None else None
+    if device == "cpu" and choices is not None and choices.is_file():
+        print(f"\nauto's measured choices ({choices}):")
+        for key, entry in json.loads(choices.read_text()).items():
+            print(f"  {' '.join(json.loads(key))}: {entry['choice']} ({entry['ms']} ms)")
 
 
 def main(argv=None) -> int:
@@ -280,12 +341,16 @@ def main(argv=None) -> int:
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when present")
     parser.add_argument("--cpu-time", action="store_true",
                         help="report process CPU time instead of wall-clock time on CPU (use with --threads 1)")
+    parser.add_argument("--native-cflags", nargs="*", default=[], metavar="FLAGS",
+                        help="also time the native scan built with these compiler flags, e.g. "
+                             "'-O3 -march=x86-64-v3' (AVX2) or '-O3' (the compiler's baseline)")
     args = parser.parse_args(argv)
     global CPU_TIME
     CPU_TIME = args.cpu_time
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    print(f"{cpu_model()} (torch CPU capability {torch.backends.cpu.get_cpu_capability()}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
           + (", CPU times are process CPU time" if args.cpu_time else ", times are wall-clock"))
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -294,7 +359,7 @@ def main(argv=None) -> int:
             for dtype in ([torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]):
                 bench_attention(device, args.reps, dtype)
         if args.only in (None, "scan"):
-            bench_scan(device, args.reps, args.long, not args.no_backward)
+            bench_scan(device, args.reps, args.long, not args.no_backward, args.native_cflags)
     return 0
 
 

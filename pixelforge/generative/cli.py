@@ -103,12 +103,28 @@ def _load_var(args, device: torch.device):
     return var.to(device).eval(), vqvae.to(device).eval()
 
 
+def _var_precision(args, var, vqvae, device: torch.device):
+    """``--precision`` for the VAR transformer: (model, choice), probed with teacher forcing on the tokens of the
+    bundled sample photo (output ``logits``: next-token top-1 agreement with fp32)."""
+    from ..infer.precision import prepare_model, probe_input
+
+    with torch.inference_mode():
+        photo = probe_input(3, vqvae.image_size).to(device) * 2 - 1
+        tokens = vqvae.quantize.idx_to_var_input(vqvae.img_to_idx(photo))
+    labels = torch.zeros(1, dtype=torch.long, device=device)
+    return prepare_model(var, args.precision, device, args.model, tokens, output="logits",
+                         forward=lambda m, x: m(labels, x))
+
+
 def _generate_var(args, classes: list[int] | None) -> tuple[torch.Tensor, list[int]]:
     """All images (N, 3, H, W) in [0, 1], class by class, and their labels."""
+    from ..infer.precision import announce, autocast
     from .var import sample
 
     device = torch.device(args.device)
     var, vqvae = _load_var(args, device)
+    var, choice = _var_precision(args, var, vqvae, device)
+    announce(choice, "pixelforge generate")
     if classes is not None and any(not 0 <= c < var.num_classes for c in classes):
         raise ValueError(f"classes must be in [0, {var.num_classes - 1}] for {args.model}")
     labels = None if classes is None else torch.tensor([c for c in classes for _ in range(args.n)])
@@ -117,8 +133,10 @@ def _generate_var(args, classes: list[int] | None) -> tuple[torch.Tensor, list[i
     images, used = [], []
     for start in range(0, total, args.batch_size):
         b = min(args.batch_size, total - start)
-        out = sample(var, vqvae, b, None if labels is None else labels[start:start + b].to(device), cfg=args.cfg,
-                     top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth, generator=generator)
+        with autocast(choice.precision, device):
+            out = sample(var, vqvae, b, None if labels is None else labels[start:start + b].to(device),
+                         cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth,
+                         generator=generator)
         images.append(out.images.float().cpu())
         used += out.labels.tolist()
     return torch.cat(images), used
@@ -132,10 +150,16 @@ def _generate_diffusion(args, classes: list[int] | None) -> tuple[torch.Tensor, 
                          f"({exc})") from None
     import numpy as np
 
+    from ..infer.precision import autocast
+
+    if args.precision == "int8":
+        raise ValueError("--precision int8 applies to VAR models; diffusion pipelines run fp32, bf16 or fp16")
     expanded = None if classes is None else [c for c in classes for _ in range(args.n)]
-    pil = generate_images(args.model, weights=args.weights, classes=expanded,
-                          n=len(expanded) if expanded else args.n, task=args.task, scheduler=args.scheduler,
-                          steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device)
+    # auto is measured for VAR only; a diffusion pipeline runs fp32 unless bf16/fp16 is asked for
+    with autocast("fp32" if args.precision == "auto" else args.precision, args.device):
+        pil = generate_images(args.model, weights=args.weights, classes=expanded,
+                              n=len(expanded) if expanded else args.n, task=args.task, scheduler=args.scheduler,
+                              steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device)
     images = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
                           for im in pil])
     return images, expanded or [-1] * len(pil)
@@ -167,6 +191,8 @@ def _run(args) -> int:
 
 def add_generate_parser(sub) -> None:
     """Add the ``generate`` sub-command."""
+    from ..infer.precision import add_precision_argument
+
     p = sub.add_parser("generate", help="class-conditional image generation (VAR, DiffScaler)",
                        description="Generate a grid of class-conditional samples plus the individual images.")
     p.add_argument("--model", required=True, help="registered model name (var_d16, var_d6_32, dit_...) or a "
@@ -181,6 +207,7 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--nrow", type=int, default=0, help="grid columns (default: -n per class row)")
+    add_precision_argument(p, "; auto is measured for VAR models, diffusion pipelines run fp32 under auto")
     var = p.add_argument_group("VAR")
     var.add_argument("--vae-model", help="tokenizer model name (default: the one paired with --model)")
     var.add_argument("--vae-weights", help="tokenizer weights (default: from the training config or "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_classify_parser", "bundled_weights", "classify_images", "load_classifier"]
+__all__ = ["add_classify_parser", "bundled_weights", "classifier_probe", "classify_images", "load_classifier"]
 
 
 def bundled_weights(model_name: str) -> Path:
@@ -60,18 +60,34 @@ def load_classifier(model_name: str, weights: str | Path, device: str = "cpu"):
     return model, transform, names
 
 
+def classifier_probe(transform, batch: int = 8) -> torch.Tensor:
+    """(batch, C, H, W): crops of the bundled sample photo through the eval ``transform``, to time and check a
+    classifier's precision on (:func:`pixelforge.infer.precision.prepare_model`)."""
+    from PIL import Image
+
+    from ..data.image_io import quantize
+    from .precision import probe_input
+
+    return torch.stack([transform(Image.fromarray(quantize(crop))) for crop in probe_input(3, 96, batch)])
+
+
 @torch.inference_mode()
-def classify_images(model, transform, paths: list[str | Path], topk: int = 5) -> list[list[tuple[int, float]]]:
-    """For each image file, the ``topk`` (class index, probability) pairs, most likely first."""
+def classify_images(model, transform, paths: list[str | Path], topk: int = 5,
+                    precision: str = "fp32") -> list[list[tuple[int, float]]]:
+    """For each image file, the ``topk`` (class index, probability) pairs, most likely first; the forward runs in
+    ``precision`` (fp32, bf16/fp16 autocast; an int8 model is quantized beforehand)."""
     from PIL import Image
 
     from ..data.image_io import quantize, read_image
+    from .precision import autocast
 
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device
     results = []
     for path in paths:
         img = Image.fromarray(quantize(read_image(path, channels=3).pixels))
-        probs = model(transform(img).unsqueeze(0).to(device)).float().softmax(-1)[0]
+        with autocast(precision, device):
+            logits = model(transform(img).unsqueeze(0).to(device))
+        probs = logits.float().softmax(-1)[0]
         values, indices = probs.topk(min(topk, probs.numel()))
         results.append(list(zip(indices.tolist(), values.tolist())))
     return results
@@ -80,6 +96,7 @@ def classify_images(model, transform, paths: list[str | Path], topk: int = 5) ->
 def _run(args) -> int:
     from ..data.image_io import ImageIOError
     from ..zoo import CheckpointError
+    from .precision import announce, prepare_model
 
     if args.topk < 1:
         print("pixelforge classify: --topk must be at least 1", file=sys.stderr)
@@ -89,13 +106,16 @@ def _run(args) -> int:
     try:
         weights = args.weights or bundled_weights(args.model)
         model, transform, names = load_classifier(args.model, weights, device)
+        model, choice = prepare_model(model, args.precision, device, args.model, classifier_probe(transform),
+                                      output="logits")
     except (ImageIOError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"pixelforge classify: {exc}", file=sys.stderr)
         return 2
+    announce(choice, "pixelforge classify")
     failures = []
     for path in args.images:  # a bad file is reported on its own line; the others are still classified
         try:
-            top = classify_images(model, transform, [path], args.topk)[0]
+            top = classify_images(model, transform, [path], args.topk, choice.precision)[0]
         except ImageIOError as exc:
             print(f"pixelforge classify: {exc}", file=sys.stderr)
             failures.append(path)
@@ -112,6 +132,8 @@ def _run(args) -> int:
 
 def add_classify_parser(sub) -> None:
     """Add the ``classify`` sub-command."""
+    from .precision import add_precision_argument
+
     p = sub.add_parser("classify", help="print the top-k classes of images")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--model", required=True, help="model name, e.g. cct_2_3x2_32 (see `pixelforge models`)")
@@ -119,4 +141,5 @@ def add_classify_parser(sub) -> None:
                                      "model's bundled weights, e.g. cct_2_3x2_32 trained here on CIFAR-10)")
     p.add_argument("--topk", type=int, default=5, help="how many classes to print (default 5)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_precision_argument(p)
     p.set_defaults(func=_run)

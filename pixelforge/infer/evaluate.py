@@ -1,7 +1,8 @@
 """``pixelforge eval``: PSNR/SSIM of a super-resolution model on a benchmark folder (specs/sr-evaluation.md).
 
 The protocol of the published HAT/CRAFT/CFSR numbers: LR and HR read as 8-bit RGB (grayscale replicated to three
-channels), HR cropped to LR size × scale, whole-image fp32 inference (``--tile`` optional), output rounded to uint8
+channels), HR cropped to LR size × scale, whole-image inference (``--tile`` optional; ``--precision auto`` runs bf16
+only where it stays within 50 dB of fp32, and the JSON records the choice), output rounded to uint8
 as BasicSR's ``tensor2img``, Y-channel PSNR/SSIM with crop_border = scale, plain mean over images.
 """
 from __future__ import annotations
@@ -17,9 +18,10 @@ from torch import nn
 
 from ..data.image_io import IMAGE_SUFFIXES, ImageIOError, atomic_open, read_image
 from ..metrics.sr import psnr_ssim, tensor_to_uint8
-from .precision import PRECISIONS, NonFiniteOutputError, resolve_device
+from .onnx_backend import add_backend_argument
+from .precision import NonFiniteOutputError, add_precision_argument, announce, resolve_device
 from .tiling import run_tiled
-from .upscale import CommandError, one_line, load_model
+from .upscale import CommandError, load_runner, one_line
 
 __all__ = ["find_pairs", "evaluate_sr", "add_eval_parser"]
 
@@ -83,13 +85,14 @@ def evaluate_sr(model: nn.Module, pairs: list[tuple[str, Path, Path]], scale: in
 def _run_eval(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
-        model = load_model(args.model, args.weights, device)
+        model, choice, tile = load_runner(args, device, None, args.tile or None)
         scale = args.scale or int(getattr(model, "upscale", 1))
         if scale != getattr(model, "upscale", 1):
             raise CommandError(f"--scale {scale} does not match the model {args.model} (x{model.upscale})")
         pairs = find_pairs(args.data, scale)
-        result = evaluate_sr(model, pairs, scale, args.crop_border, args.tile or None, args.tile_overlap,
-                             args.precision, device, progress=True)
+        announce(choice, "pixelforge eval")
+        result = evaluate_sr(model, pairs, scale, args.crop_border, tile, args.tile_overlap, choice.precision,
+                             device, progress=True)
     except (CommandError, ImageIOError, NonFiniteOutputError, ValueError) as exc:
         print(f"pixelforge eval: error: {one_line(exc)}", file=sys.stderr)
         return 1
@@ -102,8 +105,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(f"{'mean':<{width}}  {result['mean']['psnr_y']:>10.4f}  {result['mean']['ssim_y']:>8.5f}")
     if args.json:
         report = {"model": args.model, "weights": args.weights, "data": str(args.data), "scale": scale,
-                  "crop_border": crop, "test_y_channel": True, "tile": args.tile or None,
-                  "precision": args.precision, **result}
+                  "crop_border": crop, "test_y_channel": True, "tile": tile, "backend": args.backend,
+                  "precision": choice.precision, "precision_choice": choice.as_dict(), **result}
         try:
             with atomic_open(args.json, "w") as f:
                 json.dump(report, f, indent=2)
@@ -127,7 +130,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=0, metavar="N", help="tile size (default 0: whole images)")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
                         help="tile overlap (default: the model's recommendation)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="default fp32")
+    add_precision_argument(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    add_backend_argument(parser)
     parser.set_defaults(func=_run_eval)
     return parser

@@ -26,10 +26,11 @@ from torch import nn
 from ..data.image_io import (IMAGE_SUFFIXES, LUMA_BT601, ImageData, ImageIOError, list_image_files, read_image,
                              write_image)
 from ..zoo import CheckpointError, create_model
-from .precision import PRECISIONS, resolve_device
+from .onnx_backend import OnnxRuntimeModel, add_backend_argument
+from .precision import PrecisionChoice, add_precision_argument, announce, prepare_model, probe_input, resolve_device
 from .tiling import run_tiled
 
-__all__ = ["add_image_to_image_arguments", "run_image_to_image", "process_image", "load_model",
+__all__ = ["add_image_to_image_arguments", "run_image_to_image", "process_image", "load_model", "load_runner",
            "add_upscale_parser", "CommandError", "one_line"]
 
 
@@ -54,9 +55,9 @@ def add_image_to_image_arguments(parser: argparse.ArgumentParser, default_model:
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
                         help="pixels shared by neighbouring tiles, blended (default: the model's receptive-field "
                              "recommendation, e.g. 80 for HAT, 32 for most others)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                        help="fp32, or bf16/fp16 autocast (default fp32)")
+    add_precision_argument(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    add_backend_argument(parser)
 
 
 def _trained_model(weights: str | None) -> tuple[str, dict] | None:
@@ -96,6 +97,40 @@ def load_model(name: str | None, weights: str | None, device: torch.device,
     except (FileNotFoundError, ValueError, CheckpointError, TypeError) as exc:  # unknown name, no or unfit weights
         raise CommandError(one_line(exc).replace("weights=PATH", "--weights W")) from None
     return model.eval().to(device)
+
+
+def load_runner(args: argparse.Namespace, device: torch.device, default: str | None, tile: int | None
+                ) -> tuple[nn.Module, PrecisionChoice, int | None]:
+    """The model a tiled command runs, with ``--backend`` and ``--precision`` applied: (model, precision choice,
+    tile). ``--backend onnxruntime`` runs an ``.onnx`` ``--weights`` file (at most its export tile), or the model
+    exported on the fly at ``tile``; it is fp32 on the CPU.
+    Raises:
+        CommandError with a one-line message.
+    """
+    if args.backend == "onnxruntime":
+        if args.precision not in ("auto", "fp32") or device.type != "cpu":
+            raise CommandError("--backend onnxruntime runs fp32 on the CPU; use --precision auto or fp32 and "
+                               "--device cpu")
+        try:
+            if str(args.weights or "").endswith(".onnx"):
+                model = OnnxRuntimeModel(args.weights)
+                tile = model.tile if tile is None else min(tile, model.tile)
+            else:
+                if tile is None:
+                    raise CommandError("--backend onnxruntime exports the model at a fixed tile size: pass --tile N")
+                from ..export import export_onnx
+
+                name = args.model or default
+                model = OnnxRuntimeModel(export_onnx(load_model(args.model, args.weights, device, default,
+                                                                getattr(args, "model_args", None)), None, name, tile))
+        except (ImportError, ValueError) as exc:
+            raise CommandError(one_line(exc)) from None
+        return model, PrecisionChoice(args.precision, "fp32", "onnxruntime backend"), tile
+    model = load_model(args.model, args.weights, device, default, getattr(args, "model_args", None))
+    name = args.model or default or type(model).__name__
+    model, choice = prepare_model(model, args.precision, device, name, probe_input(_model_channels(model)),
+                                  forward=lambda m, x: run_tiled(m, x, device=device))
+    return model, choice, tile
 
 
 def _model_channels(model: nn.Module) -> int:
@@ -163,7 +198,7 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
             raise CommandError(f"need --tile >= 0 and --tile-overlap in [0, --tile), got --tile {args.tile} and "
                                f"--tile-overlap {args.tile_overlap}")
         tile = args.tile or None
-        model = load_model(args.model, args.weights, device, args.default_model, getattr(args, "model_args", None))
+        model, choice, tile = load_runner(args, device, args.default_model, tile)
         for folder in {dst.parent for _, dst in jobs}:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -171,6 +206,7 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
                 raise CommandError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
     except (CommandError, ValueError) as exc:
         return error(one_line(exc))
+    announce(choice, f"pixelforge {command}")
 
     failures, seen = [], {}
     bar = tqdm(jobs, desc=command, unit="img", disable=True if len(jobs) == 1 else None, file=sys.stderr)
@@ -183,7 +219,7 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
                 raise CommandError(f"{src}: {dst} is already written for {seen[key]} (same file name)")
             seen[key] = src
             image = read_image(src)
-            result = process_image(model, image, tile, args.tile_overlap, args.precision, device)
+            result = process_image(model, image, tile, args.tile_overlap, choice.precision, device)
             write_image(dst, result.pixels, result.alpha, result.bit_depth)
             if len(jobs) == 1:
                 print(f"wrote {dst} ({result.pixels.shape[-1]}x{result.pixels.shape[-2]})")

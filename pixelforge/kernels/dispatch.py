@@ -8,8 +8,15 @@ The backend is chosen, in order of precedence, by the innermost :func:`use_backe
   on first use with the system C compiler; an op without a native kernel (attention, whose PyTorch path is
   already ATen's fused SDPA) takes its PyTorch path.
 - ``torch``: the PyTorch path everywhere (the reference).
-- ``auto``: Triton for CUDA tensors when Triton imports and works; native for CPU tensors of ops that have a
-  native kernel, when it builds; the PyTorch path otherwise.
+- ``auto``: Triton for CUDA tensors when Triton imports and works; for CPU tensors of ops that have a native
+  kernel (when it builds), the faster of native and the PyTorch path, by measurement; the PyTorch path otherwise.
+
+``auto`` on CPU never loses to the PyTorch path: the first call of an op in a shape class (:class:`Race`) times
+both backends a few times (:func:`measure_candidates`, on the call's own inputs, cut to a few milliseconds of work)
+and keeps the faster, in memory and in ``<library>.auto.json`` beside the native library in
+``$PIXELFORGE_HOME/kernels``. The decision is keyed by the library's name (a hash of the kernel source, compiler,
+flags and CPU), torch's version, the number of torch threads, the op and the shape class, so a changed CPU, source
+or torch measures again; other processes read the file instead of measuring.
 
 Triton is imported lazily, on the first call that wants it, and the native library is built on the first op call
 that wants it, so importing pixelforge touches neither.
@@ -18,15 +25,23 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
+import json
+import logging
 import os
-from typing import Iterator
+import time
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
-from .native import native_available
+from .native import cache_dir, library_path, native_available
 
-__all__ = ["BACKENDS", "use_backend", "get_backend", "resolve_backend", "triton_available", "native_available"]
+__all__ = ["BACKENDS", "use_backend", "get_backend", "resolve_backend", "triton_available", "native_available",
+           "Race", "measure_candidates"]
+
+_log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "triton", "native")
 ENV_VAR = "PIXELFORGE_KERNELS"
@@ -83,12 +98,85 @@ def triton_available(device: torch.device | None = None) -> bool:
     return device is not None and device.type == "cuda"
 
 
-def resolve_backend(*tensors: torch.Tensor, has_native: bool = False) -> str:
+@dataclasses.dataclass(frozen=True)
+class Race:
+    """What ``auto`` needs to choose between native and the PyTorch path for one call.
+
+    op: the op's name; shape_class: what the choice is keyed by besides the op (bucketed sizes, dtype: anything
+    JSON can hold); candidates: builds {"native": fn, "torch": fn}, each fn running the op once (on a problem of
+    about the call's proportions, small enough to time in milliseconds); called only when a measurement is due.
+    """
+
+    op: str
+    shape_class: tuple
+    candidates: Callable[[], dict[str, Callable[[], object]]]
+
+
+def measure_candidates(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
+    """Seconds per call of each candidate: a warm-up call each, then ``rounds`` rounds calling them in turn; the
+    fastest round counts. Thread CPU time when torch runs one thread (steady on a loaded machine), else wall-clock.
+    The timer of ``auto``: tests replace it to decide without timing anything."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    for fn in candidates.values():
+        fn()
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            t0 = clock()
+            fn()
+            best[name] = min(best[name], clock() - t0)
+    return best
+
+
+# in-process decisions: (choices file, key) -> backend
+_choices: dict[tuple[str, str], str] = {}
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or unreadable: measure again
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _measured_choice(race: Race) -> str:
+    """``"native"`` or ``"torch"``, whichever ran ``race`` faster (measured once per key, then remembered)."""
+    path = cache_dir() / (library_path().stem + ".auto.json")
+    key = json.dumps([race.op, *race.shape_class, f"threads={torch.get_num_threads()}",
+                      f"torch={torch.__version__}"])
+    choice = _choices.get((str(path), key))
+    if choice is not None:
+        return choice
+    entry = _read_choices(path).get(key)
+    if isinstance(entry, dict) and entry.get("choice") in ("native", "torch"):
+        choice = entry["choice"]
+    else:
+        times = measure_candidates(race.candidates())
+        choice = min(times, key=times.get)
+        _log.info("pixelforge %s %s: %s (%s)", race.op, race.shape_class, choice,
+                  ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in times.items()))
+        from ..data.image_io import atomic_open  # lazily: only a measurement writes
+
+        data = _read_choices(path)  # re-read: another process may have added entries meanwhile
+        data[key] = {"choice": choice, "ms": {k: round(v * 1e3, 4) for k, v in times.items()}}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+        except OSError as exc:  # a read-only cache: the choice still holds for this process
+            _log.info("pixelforge: could not record the backend choice in %s (%s)", path, exc)
+    _choices[(str(path), key)] = choice
+    return choice
+
+
+def resolve_backend(*tensors: torch.Tensor, has_native: bool = False, race: Race | None = None) -> str:
     """``"torch"``, ``"triton"`` or ``"native"`` for an op on ``tensors``, following :func:`get_backend`.
 
     ``has_native``: whether the op has a native CPU kernel for this call. ``triton`` or ``native`` requested
     explicitly for tensors they cannot run on raises ``RuntimeError``; ``auto`` picks Triton only for CUDA
-    tensors (never for CPU tensors, even under ``TRITON_INTERPRET=1``) and native only for CPU tensors.
+    tensors (never for CPU tensors, even under ``TRITON_INTERPRET=1``) and native only for CPU tensors, where
+    ``race`` (see :class:`Race`) makes it the faster of native and the PyTorch path by measurement.
     """
     name = get_backend()
     device = tensors[0].device
@@ -114,5 +202,5 @@ def resolve_backend(*tensors: torch.Tensor, has_native: bool = False) -> str:
     if device.type == "cuda" and triton_available(device):
         return "triton"
     if device.type == "cpu" and has_native and native_available():
-        return "native"
+        return "native" if race is None else _measured_choice(race)
     return "torch"

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .dispatch import resolve_backend
+from .dispatch import Race, resolve_backend
 from .native import NATIVE_MAX_DSTATE, selective_scan_native
 
 __all__ = ["selective_scan"]
@@ -36,6 +36,9 @@ TRITON_MAX_DSTATE = 64
 _BLOCK_ELEMS = 1 << 20
 # Rows (b × n × d) at least this wide are scanned position by position; narrower ones use the two-level scan.
 _STEP_ROW = 1 << 14
+# auto's first call in a shape class times native against the PyTorch path on the call's first positions, about
+# this many state updates (b·d·n·positions, at least 64 positions): a few milliseconds.
+_RACE_ELEMS = 1 << 22
 
 
 def _scan_(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, A: torch.Tensor, carry: torch.Tensor | None,
@@ -330,6 +333,23 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         raise ValueError(f"selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}")
 
 
+def _race(inputs: tuple, delta_softplus: bool, reverse: bool) -> Race:
+    """auto's choice for this call: keyed by b·d and L (next powers of two), n and dtype; timed on a prefix."""
+    u, A = inputs[0], inputs[2]
+    b, d, L = u.shape
+    n = A.shape[1]
+
+    def candidates():
+        T = min(L, max(64, _RACE_ELEMS // (b * d * n)))
+        # positions are the last dim of u, delta, z and variable B / C; A, D, delta_bias and fixed B / C have none
+        cut = [x[..., :T] if x is not None and x.dim() >= 3 else x for x in inputs]
+        return {"native": lambda: selective_scan_native(*cut, delta_softplus, reverse),
+                "torch": lambda: _SelectiveScanTorch.apply(*cut, delta_softplus, reverse)}
+
+    bd, ln = (1 << (x - 1).bit_length() for x in (b * d, L))
+    return Race("selective_scan", (f"bd<={bd}", f"L<={ln}", f"n={n}", str(u.dtype)), candidates)
+
+
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
@@ -352,8 +372,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         (float64 for float64 u). States and sums are computed in float32 whatever the input dtype.
 
     Backend: see :mod:`pixelforge.kernels.dispatch`. On CPU, ``auto`` runs the fused native forward
-    (:mod:`pixelforge.kernels.native`) for calls that need no gradient (inference) and are not float64; training
-    calls run the PyTorch path, whose backward is analytic. A state size above ``TRITON_MAX_DSTATE`` never runs
+    (:mod:`pixelforge.kernels.native`) for calls that need no gradient (inference) and are not float64 when it
+    measures faster than the PyTorch path on this CPU and shape class; training calls run the PyTorch path, whose
+    backward is analytic. A state size above ``TRITON_MAX_DSTATE`` never runs
     Triton, one above ``NATIVE_MAX_DSTATE`` never runs native.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
@@ -361,7 +382,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     # the native CPU kernel is forward-only: calls that need gradients, and float64 calls, take the PyTorch path
     native_ok = (A.shape[1] <= NATIVE_MAX_DSTATE and u.dtype != torch.float64
                  and not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)))
-    backend = resolve_backend(u, has_native=native_ok)
+    backend = resolve_backend(u, has_native=native_ok,
+                              race=_race(inputs, delta_softplus, reverse) if native_ok else None)
     if backend == "native":
         out, last = selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     elif backend == "triton" and A.shape[1] <= TRITON_MAX_DSTATE:

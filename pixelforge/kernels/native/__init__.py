@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["native_available", "library_path", "selective_scan_native", "NATIVE_MAX_DSTATE"]
+__all__ = ["native_available", "library_path", "cache_dir", "selective_scan_native", "NATIVE_MAX_DSTATE"]
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("scan.c")
@@ -46,7 +46,8 @@ _TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]+\.tmp$")
 NATIVE_MAX_DSTATE = 256
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """``$PIXELFORGE_HOME/kernels``: the built libraries and auto's measured backend choices."""
     home = os.environ.get("PIXELFORGE_HOME") or Path.home() / ".cache" / "pixelforge"
     return Path(home) / "kernels"
 
@@ -100,7 +101,7 @@ def _build(cc: str, flags: list[str]) -> Path:
     command = [*flags, *_FIXED_FLAGS]
     key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), version.encode(),
                                      _cpu_signature().encode(), platform.machine().encode()])).hexdigest()[:16]
-    out_dir = _cache_dir()
+    out_dir = cache_dir()
     lib = out_dir / f"pf_scan_{key}.so"
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out_dir)
