@@ -91,7 +91,8 @@ def test_vgg_weights_option_and_random_vgg_notice(tmp_path, trained, capsys, mon
     _, weights = trained
     write_image(tmp_path / "a.png", torch.rand(3, 40, 40))
     monkeypatch.setattr(vgg_module, "_RANDOM_WARNED", False)
-    assert main(["dereflect", str(tmp_path / "a.png"), "-o", str(tmp_path / "o1"), "--weights", str(weights)]) == 0
+    assert main(["dereflect", str(tmp_path / "a.png"), "-o", str(tmp_path / "o1"), "--weights", str(weights),
+                 "--precision", "fp32"]) == 0  # (auto would announce its choice on stderr too)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pixelforge dereflect: warning:") and "RANDOMLY INITIALISED" in err[0]
     monkeypatch.setattr(vgg_module, "_RANDOM_WARNED", False)
@@ -101,6 +102,6 @@ def test_vgg_weights_option_and_random_vgg_notice(tmp_path, trained, capsys, mon
         vgg[f"features.{idx}.bias"] = torch.zeros(cout)
     torch.save(vgg, tmp_path / "vgg19.pth")
     assert main(["dereflect", str(tmp_path / "a.png"), "-o", str(tmp_path / "o2"), "--weights", str(weights),
-                 "--vgg-weights", str(tmp_path / "vgg19.pth")]) == 0
+                 "--vgg-weights", str(tmp_path / "vgg19.pth"), "--precision", "fp32"]) == 0
     assert capsys.readouterr().err == ""
     assert not torch.equal(read_image(tmp_path / "o1" / "a.png").pixels, read_image(tmp_path / "o2" / "a.png").pixels)

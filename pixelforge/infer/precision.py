@@ -305,7 +305,7 @@ def quantize_int8(model: nn.Module, run: Callable[[nn.Module], object] | None = 
     return quantized
 
 
-_ANNOUNCED: set[str] = set()
+_ANNOUNCED: set[tuple] = set()
 
 
 def announce(choice: PrecisionChoice, prog: str = "pixelforge") -> None:
@@ -317,8 +317,9 @@ def announce(choice: PrecisionChoice, prog: str = "pixelforge") -> None:
         message = f"{prog}: {choice}"
     else:
         return
-    if message not in _ANNOUNCED:
-        _ANNOUNCED.add(message)
+    key = (prog, choice.requested, choice.precision, choice.warning)  # a cached re-run is the same news
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
         print(message, file=sys.stderr)
 
 

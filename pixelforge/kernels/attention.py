@@ -33,6 +33,19 @@ TRITON_MAX_HEAD_DIM = 128
 _MASK_GROUP_ELEMS = 1 << 21
 
 
+def _register_flops() -> None:
+    """Let ``torch.utils.flop_counter`` count PyTorch's CPU flash attention (the fast path here), which it does not
+    know, like its CUDA kernels (2·B·H·Nq·Nk·(D + Dv) flops), so that counted multiply-adds include the attention."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop_count
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op not in flop_registry:
+        register_flop_formula(op)(lambda q, k, v, *args, **kwargs: sdpa_flop_count(q, k, v))
+
+
+_register_flops()
+
+
 def _check_inputs(q, k, v, bias, mask) -> None:
     if q.dim() != 5:
         raise ValueError(f"attention: q must be (B, W, H, Nq, D), got shape {tuple(q.shape)}")

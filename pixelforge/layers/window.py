@@ -240,9 +240,9 @@ def overlap_relative_position_index(window_size: int, overlap_window: int) -> to
 
 
 def gather_relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Look up a relative-position bias: table (T, heads), index (Nq, Nk) in [0, T) → (heads, Nq, Nk)."""
-    nq, nk = index.shape
-    return table.index_select(0, index.reshape(-1)).view(nq, nk, -1).permute(2, 0, 1)
+    """Look up a relative-position bias: table (T, heads), index (Nq, Nk) in [0, T) → (heads, Nq, Nk), contiguous
+    (SDPA copies a strided mask on every call)."""
+    return table.t().index_select(1, index.reshape(-1)).view(-1, *index.shape)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: Size2, mode: str = "reflect", always: bool = False) -> torch.Tensor:

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from ..kernels import attention
 from ..layers.channel_attention import ChannelAttention
 from ..layers.init import init_transformer_weights
+from ..layers.linear import linear, linear_add, mlp_residual
 from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads,
                              overlap_relative_position_index, overlapping_windows, pad_to_multiple,
@@ -81,12 +82,15 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rpi: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rpi: torch.Tensor, layout: WindowLayout,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, H, W, C); rpi (M², M²) index into the table; layout: the (shifted) window partition, whose masked
-        windows (last) get the shift mask. Returns (B, H, W, C)."""
+        windows (last) get the shift mask; residual (B, H, W, C) added to the output (fused into the projection).
+        Returns (B, H, W, C)."""
         b, h, w, c = x.shape
         nw, n, free = layout.num_windows, layout.window_tokens, layout.num_unmasked
-        qkv = self.qkv(layout.partition(x)).view(b, nw, n, 3, self.num_heads, c // self.num_heads)
+        qkv = linear(layout.partition(x), self.qkv.weight, self.qkv.bias).view(b, nw, n, 3, self.num_heads,
+                                                                               c // self.num_heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, M², d) each
         bias = gather_relative_position_bias(self.relative_position_bias_table, rpi)
         if layout.mask is None:
@@ -96,7 +100,9 @@ class WindowAttention(nn.Module):
             if free:
                 out = torch.cat([attention(q[:, :free], k[:, :free], v[:, :free], bias=bias, scale=self.scale),
                                  out], dim=1)
-        return layout.reverse(self.proj(merge_heads(out)), h, w)
+        # back to the map before the (token-wise) projection, so that the residual add fuses into it
+        out = layout.reverse(merge_heads(out), h, w)
+        return self.proj(out) if residual is None else linear_add(out, self.proj.weight, self.proj.bias, residual)
 
 
 class HAB(nn.Module):
@@ -121,9 +127,12 @@ class HAB(nn.Module):
         """x (B, H, W, C); rpi (M², M²); layouts: (unshifted, shifted-by-M/2 with its mask) window layouts."""
         u = self.norm1(x)
         conv_x = self.conv_block(u.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        attn_x = self.attn(u, rpi, layouts[1] if self.shift_size else layouts[0])
-        x = x + self.drop_path(attn_x) + conv_x * self.conv_scale
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        layout = layouts[1] if self.shift_size else layouts[0]
+        if self.training and not isinstance(self.drop_path, nn.Identity):
+            x = x + self.drop_path(self.attn(u, rpi, layout)) + conv_x * self.conv_scale
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.attn(u, rpi, layout, residual=torch.add(x, conv_x, alpha=self.conv_scale))
+        return mlp_residual(self.mlp, self.norm2(x), x)
 
 
 class OCAB(nn.Module):
@@ -152,14 +161,14 @@ class OCAB(nn.Module):
         """x (B, H, W, C); rpi (M², E²) wrapped OCA index. Returns (B, H, W, C)."""
         b, h, w, c = x.shape
         m, e, nh = self.window_size, self.overlap_win_size, self.num_heads
-        qkv = self.qkv(self.norm1(x))  # (B, H, W, 3C)
+        qkv = linear(self.norm1(x), self.qkv.weight, self.qkv.bias)  # (B, H, W, 3C)
         q = split_heads(window_partition(qkv[..., :c], m), nh)  # (B, nW, h, M², d)
         kv = overlapping_windows(qkv[..., c:], m, e)  # (B, nW, E², 2C), zero keys/values at the border
         kv = kv.view(b, kv.shape[1], e * e, 2, nh, c // nh).permute(3, 0, 1, 4, 2, 5)
         bias = gather_relative_position_bias(self.relative_position_bias_table, rpi)
         out = attention(q, kv[0], kv[1], bias=bias, scale=self.scale)
-        x = self.proj(window_reverse(merge_heads(out), m, h, w)) + x
-        return x + self.mlp(self.norm2(x))
+        x = linear_add(window_reverse(merge_heads(out), m, h, w), self.proj.weight, self.proj.bias, x)
+        return mlp_residual(self.mlp, self.norm2(x), x)
 
 
 class RHAG(nn.Module):

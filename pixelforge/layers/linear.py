@@ -1,0 +1,100 @@
+"""Linear layers and 1x1 convolutions for CPU inference through oneDNN, with fused activation / residual add.
+
+On x86 CPUs PyTorch runs ``F.linear`` and single-threaded 1x1 convolutions through MKL's sgemm; oneDNN's
+``mkldnn._linear_pointwise`` is as fast on Intel and about twice as fast on AMD (AMD EPYC Zen 5, one thread,
+(4096 × 144) @ (144 × 432): 105 against 48 GMAC/s), and it fuses the bias, an activation (GELU, ReLU) or a residual
+add into the product, saving a pass over the output. It is used only where it computes the same thing: float32 CPU
+tensors, no autocast, and no autograd (grad mode off or nothing requiring a gradient); everything else takes the
+plain PyTorch ops, so training is unchanged. ``PIXELFORGE_ONEDNN=0`` switches it off (A/B measurements).
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["linear", "linear_add", "conv1x1", "mlp_residual", "onednn_linear_available"]
+
+
+def _available() -> bool:
+    if os.environ.get("PIXELFORGE_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        return hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except RuntimeError:
+        return False
+
+
+_ONEDNN = _available()
+
+
+def _register_flops() -> None:
+    """Let ``torch.utils.flop_counter`` count the oneDNN linear (2 · out elements · in features), which it does not
+    know, so that a model's counted multiply-adds do not depend on the path taken."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    op = torch.ops.mkldnn._linear_pointwise
+    if op not in flop_registry:
+        register_flop_formula(op)(lambda x_shape, *args, out_shape, **kwargs: 2 * math.prod(out_shape) * x_shape[-1])
+
+
+if _ONEDNN:
+    _register_flops()
+_ACTS = {None: lambda t: t, "gelu": F.gelu, "relu": F.relu}
+
+
+def onednn_linear_available() -> bool:
+    """Whether the oneDNN path is built into this PyTorch, on an x86 CPU, and not switched off."""
+    return _ONEDNN
+
+
+def _use_onednn(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    if not _ONEDNN or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not (x.requires_grad or any(p is not None and p.requires_grad for p in params))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           act: str | None = None) -> torch.Tensor:
+    """act(x · weightᵀ + bias): x (…, in), weight (out, in), bias (out,) → (…, out); act None, "gelu" (exact,
+    erf) or "relu"."""
+    if act not in _ACTS:
+        raise ValueError(f"unknown activation '{act}'; choose from {list(_ACTS)}")
+    if _use_onednn(x, weight, bias):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act or "none", [], "none" if act else "")
+    return _ACTS[act](F.linear(x, weight, bias))
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
+    """x · weightᵀ + bias + other (a residual of the output's shape): x (…, in) → (…, out)."""
+    if _use_onednn(x, weight, bias, other) and other.is_contiguous() and other.dtype == x.dtype:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "add")
+    return F.linear(x, weight, bias) + other
+
+
+def conv1x1(x: torch.Tensor, conv: torch.nn.Conv2d, act: str | None = None) -> torch.Tensor:
+    """act(conv(x)) of a 1x1, stride-1, ungrouped ``conv`` on (B, C, H, W) → (B, out, H, W) as a linear layer over
+    the channels-last view: a channels-last input is read in place and the result is channels-last."""
+    w = conv.weight
+    if w.shape[-2:] != (1, 1) or conv.groups != 1 or conv.stride != (1, 1) or conv.padding not in ((0, 0), "valid"):
+        raise ValueError("conv1x1 needs a 1x1, stride-1, unpadded, ungrouped convolution")
+    return linear(x.permute(0, 2, 3, 1), w.flatten(1), conv.bias, act).permute(0, 3, 1, 2)
+
+
+def mlp_residual(mlp: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + mlp(x) for a timm ``Mlp`` (fc1 → act → fc2), with the GELU fused into fc1 and the residual add into
+    fc2 on the oneDNN path. Other MLPs (dropout in training, a hidden norm, another activation) run as they are.
+    x (…, in), residual (…, out) → (…, out)."""
+    act = mlp.act
+    plain = (isinstance(act, torch.nn.GELU) and act.approximate == "none" and isinstance(mlp.norm, torch.nn.Identity)
+             and not (mlp.training and (mlp.drop1.p or mlp.drop2.p)))
+    if not (plain and _use_onednn(x, mlp.fc1.weight, mlp.fc2.weight, residual)):
+        return residual + mlp(x)
+    return linear_add(linear(x, mlp.fc1.weight, mlp.fc1.bias, "gelu"), mlp.fc2.weight, mlp.fc2.bias, residual)
