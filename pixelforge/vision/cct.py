@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
 from ..layers.init import init_transformer_weights
+from ..layers.linear import linear, linear_add, mlp_residual
 from ..layers.pos_embed import resample_grid_pos_embed, sinusoidal_table
 from ..zoo import build_model, load_weights, register_family, register_model
 
@@ -104,13 +105,17 @@ class CCTAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention before the output projection: (B, N, C) → heads concatenated (B, N, C)."""
+        b, n, c = x.shape
+        qkv = linear(x, self.qkv.weight).reshape(b, 1, n, 3, self.num_heads, c // self.num_heads)
+        qkv = qkv.permute(3, 0, 1, 4, 2, 5)
+        y = attention(qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0)  # (B, 1, H, N, D)
+        return y.permute(0, 1, 3, 2, 4).reshape(b, n, c)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) → (B, N, C)."""
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, 1, n, 3, self.num_heads, c // self.num_heads).permute(3, 0, 1, 4, 2, 5)
-        y = attention(qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0)  # (B, 1, H, N, D)
-        y = y.permute(0, 1, 3, 2, 4).reshape(b, n, c)
-        return self.proj_drop(self.proj(y))
+        return self.proj_drop(linear(self.mix(x), self.proj.weight, self.proj.bias))
 
 
 class CCTBlock(nn.Module):
@@ -134,9 +139,14 @@ class CCTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) → (B, N, C)."""
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        if self.training:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            x = self.norm2(x)
+            return x + self.drop_path(self.mlp(x))
+        # inference: residual adds fused into the output projections (oneDNN path, see layers.linear)
+        x = linear_add(self.attn.mix(self.norm1(x)), self.attn.proj.weight, self.attn.proj.bias, x)
         x = self.norm2(x)
-        return x + self.drop_path(self.mlp(x))
+        return mlp_residual(self.mlp, x, x)
 
 
 class CCT(nn.Module):

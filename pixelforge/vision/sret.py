@@ -21,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
+from ..layers.linear import linear
 from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
 
 __all__ = ["SReT", "checkpoint_filter_fn", "official_state_dict"]
@@ -48,10 +50,12 @@ class ConvStem(nn.Module):
         self.conv3, self.bn3 = nn.Conv2d(dim, dim, 3, 2, 1), nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) → (B, C, H/8, W/8)."""
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return torch.relu(self.bn3(self.conv3(x)))
+        """(B, in_chans, H, W) → (B, C, H/8, W/8), channels-last in memory (faster CPU convolutions, and the
+        token layout (B, h·w, C) is then a free view)."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.relu(self.bn2(self.conv2(x)), inplace=True)
+        return F.relu(self.bn3(self.conv3(x)), inplace=True)
 
 
 class SlicedAttention(nn.Module):
@@ -81,12 +85,20 @@ class SlicedAttention(nn.Module):
         if perm is not None:
             perm = perm.to(x.device)
             x = x[:, perm]
-        qkv = self.qkv(x).reshape(b, groups, n // groups, 3, self.num_heads, c // self.num_heads)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias).reshape(b, groups, n // groups, 3, self.num_heads,
+                                                                 c // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, N/G, D)
         y = attention(qkv[0], qkv[1], qkv[2]).permute(0, 1, 3, 2, 4).reshape(b, n, c)
         if perm is not None:
             y = y[:, torch.argsort(perm)]
-        return self.proj_drop(self.proj(y))
+        return self.proj_drop(linear(y, self.proj.weight, self.proj.bias))
+
+
+def _mlp(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
+    """The block MLP (fc1 → GELU → fc2); at inference with the GELU fused into fc1 (oneDNN path)."""
+    if mlp.training:
+        return mlp(x)
+    return linear(linear(x, mlp.fc1.weight, mlp.fc1.bias, "gelu"), mlp.fc2.weight, mlp.fc2.bias)
 
 
 class SharedBlock(nn.Module):
@@ -110,8 +122,8 @@ class SharedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, groups: int = 1, perm: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, C) → (B, N, C)."""
-        x = self.coef1 * x + self.coef2 * self.drop_path(self.attn(self.norm1(x), groups, perm))
-        return self.coef3 * x + self.coef4 * self.drop_path(self.mlp(self.norm2(x)))
+        x = torch.addcmul(self.coef1 * x, self.coef2, self.drop_path(self.attn(self.norm1(x), groups, perm)))
+        return torch.addcmul(self.coef3 * x, self.coef4, self.drop_path(_mlp(self.mlp, self.norm2(x))))
 
 
 class NonLinearLayer(nn.Module):
@@ -129,7 +141,7 @@ class NonLinearLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) → (B, N, C)."""
-        return self.coef1 * x + self.coef2 * self.mlp(self.norm1(x))
+        return torch.addcmul(self.coef1 * x, self.coef2, _mlp(self.mlp, self.norm1(x)))
 
 
 class SReTStage(nn.Module):
@@ -162,7 +174,8 @@ class SReTStage(nn.Module):
         return self.nlls[p](self.blocks[p // self.loops](x, groups, perm))
 
     def forward(self, x: torch.Tensor, perm_source: PermSource | None = None, stage: int = 0) -> torch.Tensor:
-        """(B, C_in, h, w) → (B, C, h', w'). ``perm_source(stage, position, N)`` gives shuffles (None: none)."""
+        """(B, C_in, h, w) → (B, C, h', w') channels-last in memory. ``perm_source(stage, position, N)`` gives
+        shuffles (None: none)."""
         x = self.downsample(x)
         b, c, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
@@ -176,7 +189,7 @@ class SReTStage(nn.Module):
                 x = checkpoint(self._pair, x, p, groups, perm, use_reentrant=False)
             else:
                 x = self._pair(x, p, groups, perm)
-        return x.transpose(1, 2).reshape(b, c, h, w)
+        return x.unflatten(1, (h, w)).permute(0, 3, 1, 2)  # channels-last map, no copy
 
 
 class SReT(nn.Module):
