@@ -96,7 +96,7 @@ def test_output_quality():
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
     assert P.output_quality(logits, logits.flip(-1), "logits") == 0.0
     assert P.output_quality(logits, logits * 2, "logits") == 1.0
-    with pytest.raises(ValueError, match="image or logits"):
+    with pytest.raises(ValueError, match="image, logits or gradient"):
         P.output_quality(a, a, "tokens")
 
 
@@ -189,3 +189,25 @@ def test_eval_json_records_the_choice(tmp_path, capsys, monkeypatch):
     report = json.loads((tmp_path / "s.json").read_text())
     assert report["precision"] == "fp32" and report["precision_choice"]["reason"] == "requested"
     assert "precision" not in capsys.readouterr().err  # an explicit choice is not announced
+
+
+def test_training_auto_measures_a_step_and_leaves_no_trace(tmp_path, bf16_cpu):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 1)).train()
+    batch = (torch.randn(32, 8), torch.randn(32, 1))
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+
+    def step(m, b):
+        return F.mse_loss(m(b[0]), b[1])
+
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    timer, calls = _fake_timer({"fp32": 2.0, "bf16": 1.0})
+    choice = P.choose_training_precision(model, batch, step, "mlp", "cpu", timer=timer, cache=tmp_path / "c.json")
+    assert choice.precision == "bf16" and "gradient cosine" in choice.reason
+    assert choice.quality >= P.QUALITY_BOUNDS["gradient"] and len(calls) == 6
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout masks drawn from a forked RNG
+    assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())  # BatchNorm statistics restored
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight)) and model[3].weight.grad is None
+    cached = P.choose_training_precision(model, batch, step, "mlp", "cpu", timer=_no_timer, cache=tmp_path / "c.json")
+    assert cached.precision == "bf16" and cached.reason.endswith("cached")

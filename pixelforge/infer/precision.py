@@ -11,7 +11,9 @@ model at hand, fp32 elsewhere. The decision (:func:`choose_precision`) is made b
    on a benchmark), top-1 agreement ≥ 99 % for logits.
 
 The result is cached in ``$PIXELFORGE_HOME/precision.json`` per device signature, model, weights fingerprint, torch
-version and thread count, so the measurement runs once per machine and model.
+version and thread count, so the measurement runs once per machine and model. Training (``train.mixed_precision:
+auto``, :func:`choose_training_precision`) decides the same way on one training step of the first batch, with the
+gradient's cosine similarity to fp32 as the accuracy check.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import contextlib
 import json
 import math
 import platform
+import random
 import statistics
 import sys
 import time
@@ -27,17 +30,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["PRECISIONS", "MODES", "QUALITY_BOUNDS", "MIN_SPEEDUP", "NonFiniteOutputError", "PrecisionChoice",
            "resolve_device", "autocast", "check_finite", "bf16_capability", "probe_input", "output_quality",
-           "quality_ok", "choose_precision", "quantize_int8", "prepare_model", "announce", "add_precision_argument"]
+           "quality_ok", "choose_precision", "choose_training_precision", "quantize_int8", "prepare_model",
+           "announce", "add_precision_argument"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("auto", *PRECISIONS, "int8")  # the --precision choices
-# output kind → the smallest quality of a reduced-precision output against fp32 (PSNR dB, top-1 agreement)
-QUALITY_BOUNDS = {"image": 50.0, "logits": 0.99}
+# output kind → the smallest quality of a reduced-precision output against fp32 (PSNR dB, top-1 agreement, cosine)
+QUALITY_BOUNDS = {"image": 50.0, "logits": 0.99, "gradient": 0.99}
 MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by this factor (timing noise margin)
 CACHE_ENTRIES = 256  # decisions kept in the cache file, the most recent
 Timer = Callable[[str, Callable[[], object]], float]
@@ -158,7 +164,7 @@ def probe_input(channels: int = 3, size: int | tuple[int, int] = 64, batch: int 
     h, w = (size, size) if isinstance(size, int) else size
     photo = read_image(PACKAGE_WEIGHTS.parent / "samples" / "tiger.png", channels=3).pixels
     if photo.shape[-2] < h or photo.shape[-1] < w:
-        photo = torch.nn.functional.interpolate(photo[None], size=(max(h, photo.shape[-2]), max(w, photo.shape[-1])),
+        photo = F.interpolate(photo[None], size=(max(h, photo.shape[-2]), max(w, photo.shape[-1])),
                                                 mode="bicubic", align_corners=False)[0].clamp(0, 1)
     H, W = photo.shape[-2:]
     crops = []
@@ -175,13 +181,15 @@ def probe_input(channels: int = 3, size: int | tuple[int, int] = 64, batch: int 
 
 
 def output_quality(ref: torch.Tensor, out: torch.Tensor, output: str = "image") -> float:
-    """How close ``out`` is to the fp32 ``ref``: PSNR in dB of images in [0, 1] (inf when equal), or the fraction
-    of rows whose top-1 (argmax over the last dim) agrees for ``logits``."""
+    """How close ``out`` is to the fp32 ``ref``: PSNR in dB of images in [0, 1] (inf when equal), the fraction of
+    rows whose top-1 (argmax over the last dim) agrees for ``logits``, the cosine similarity for a ``gradient``."""
     ref, out = ref.detach().float().cpu(), out.detach().float().cpu()
     if output == "logits":
         return float((ref.argmax(-1) == out.argmax(-1)).float().mean())
+    if output == "gradient":
+        return float(F.cosine_similarity(ref.flatten(), out.flatten(), dim=0))
     if output != "image":
-        raise ValueError(f"unknown output kind '{output}'; use image or logits")
+        raise ValueError(f"unknown output kind '{output}'; use image, logits or gradient")
     mse = float((ref.clamp(0, 1) - out.clamp(0, 1)).pow(2).mean())
     return math.inf if mse == 0 else -10 * math.log10(mse)
 
@@ -192,6 +200,8 @@ def quality_ok(quality: float, output: str = "image") -> bool:
 
 
 def _quality_text(quality: float, output: str) -> str:
+    if output == "gradient":
+        return f"gradient cosine {quality:.4f} vs fp32"
     return f"{quality:.1f} dB vs fp32" if output == "image" else f"top-1 agreement {100 * quality:.1f}% vs fp32"
 
 
@@ -208,23 +218,12 @@ def _load_cache(path: Path) -> dict:
         return {}
 
 
-def choose_precision(model: nn.Module, probe: torch.Tensor, name: str, device: torch.device | str,
-                     output: str = "image", timer: Timer | None = None, cache: str | Path | None = "default",
-                     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> PrecisionChoice:
-    """Resolve ``auto``: bf16 where it is capable, measured faster and accurate enough on ``probe``; else fp32.
-
-    Args:
-        model: the model in eval mode on ``device``; probe: its input (B, C, h, w), small (e.g. 64²).
-        name: the model's name, part of the cache key (with the device, weights fingerprint, torch, threads).
-        output: ``image`` (PSNR bound) or ``logits`` (top-1 agreement bound), see :data:`QUALITY_BOUNDS`.
-        timer: ``timer(precision, fn) -> seconds`` runs ``fn`` (one forward) and returns its cost; injectable so
-            tests check the choice without timing. Default: wall-clock time.
-        cache: a JSON file of past decisions; "default": ``$PIXELFORGE_HOME/precision.json``; None: no cache.
-        forward: ``forward(model, x)``, default ``model(x)``.
-    """
+def _measured_choice(model: nn.Module, name: str, device: torch.device, run: Callable[[str], torch.Tensor],
+                     output: str, timer: Timer | None, cache: str | Path | None) -> PrecisionChoice:
+    """The ``auto`` decision shared by inference and training: capability, cache, then ``run(precision)`` timed
+    (fp32 and bf16 alternated, median of three after a warm-up) and its results compared by :func:`output_quality`."""
     from ..zoo.weights import pixelforge_home
 
-    device = torch.device(device)
     capable, why = bf16_capability(device)
     if not capable:
         return PrecisionChoice("auto", "fp32", why)
@@ -233,30 +232,27 @@ def choose_precision(model: nn.Module, probe: torch.Tensor, name: str, device: t
                       f"threads {torch.get_num_threads()}"])
     if path is not None and key in (cached := _load_cache(path)):
         return PrecisionChoice(**{**cached[key], "reason": cached[key]["reason"] + ", cached"})
-    timer, forward = timer or _wall_timer, forward or (lambda m, x: m(x))
-    x = probe.to(device)
+    timer = timer or _wall_timer
 
-    def run(precision: str) -> torch.Tensor:
-        with torch.inference_mode(), autocast(precision, device):
-            out = forward(model, x)
+    def synced(precision: str) -> torch.Tensor:
+        out = run(precision)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return out
 
-    ref, low = run("fp32"), run("bf16")  # also the warm-up
+    ref, low = synced("fp32"), synced("bf16")  # also the warm-up
     times = {"fp32": [], "bf16": []}
     for _ in range(3):
         for precision in times:
-            times[precision].append(timer(precision, lambda p=precision: run(p)))
+            times[precision].append(timer(precision, lambda p=precision: synced(p)))
     speedup = statistics.median(times["fp32"]) / max(statistics.median(times["bf16"]), 1e-12)
     quality = output_quality(ref, low, output)
     measured = f"measured {speedup:.2f}x faster, {_quality_text(quality, output)}"
     if speedup < MIN_SPEEDUP:
         choice = PrecisionChoice("auto", "fp32", f"bf16 {measured}: not faster", speedup, quality)
     elif not quality_ok(quality, output):
-        bound = QUALITY_BOUNDS[output]
-        choice = PrecisionChoice("auto", "fp32", f"bf16 {measured}: below the bound "
-                                 f"{bound:g}{' dB' if output == 'image' else ''}", speedup, quality)
+        choice = PrecisionChoice("auto", "fp32", f"bf16 {measured}: below the bound {QUALITY_BOUNDS[output]:g}"
+                                 f"{' dB' if output == 'image' else ''}", speedup, quality)
     else:
         choice = PrecisionChoice("auto", "bf16", measured, speedup, quality)
     if path is not None:
@@ -271,6 +267,68 @@ def choose_precision(model: nn.Module, probe: torch.Tensor, name: str, device: t
         except OSError:  # a read-only home only costs a re-measurement next time
             pass
     return choice
+
+
+def choose_precision(model: nn.Module, probe: torch.Tensor, name: str, device: torch.device | str,
+                     output: str = "image", timer: Timer | None = None, cache: str | Path | None = "default",
+                     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> PrecisionChoice:
+    """Resolve ``auto`` for inference: bf16 where it is capable, measured faster and accurate enough on ``probe``;
+    else fp32.
+
+    Args:
+        model: the model in eval mode on ``device``; probe: its input (B, C, h, w), small (e.g. 64²).
+        name: the model's name, part of the cache key (with the device, weights fingerprint, torch, threads).
+        output: ``image`` (PSNR bound) or ``logits`` (top-1 agreement bound), see :data:`QUALITY_BOUNDS`.
+        timer: ``timer(precision, fn) -> seconds`` runs ``fn`` (one forward) and returns its cost; injectable so
+            tests check the choice without timing. Default: wall-clock time.
+        cache: a JSON file of past decisions; "default": ``$PIXELFORGE_HOME/precision.json``; None: no cache.
+        forward: ``forward(model, x)``, default ``model(x)``.
+    """
+    device = torch.device(device)
+    forward = forward or (lambda m, x: m(x))
+    x = probe.to(device)
+
+    def run(precision: str) -> torch.Tensor:
+        with torch.inference_mode(), autocast(precision, device):
+            return forward(model, x)
+
+    return _measured_choice(model, name, device, run, output, timer, cache)
+
+
+def choose_training_precision(model: nn.Module, batch, step: Callable[[nn.Module, object], torch.Tensor],
+                              name: str, device: torch.device | str, timer: Timer | None = None,
+                              cache: str | Path | None = "default") -> PrecisionChoice:
+    """Resolve ``train.mixed_precision: auto``: bf16 autocast where it is capable, a training step (forward and
+    backward of ``step(model, batch) -> loss``) is measured faster, and its gradient keeps a cosine similarity
+    ≥ 0.99 with the fp32 one; else fp32.
+
+    The probe leaves no trace: RNG states (torch, Python, NumPy), buffers (running statistics, EMA codebooks) and
+    gradients are restored. ``timer`` and ``cache`` as in :func:`choose_precision`.
+    """
+    device = torch.device(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+               if not isinstance(v, nn.Parameter)}
+    grads = [p.grad for p in params]
+    py_state, np_state = random.getstate(), np.random.get_state()
+
+    def run(precision: str) -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with autocast(precision, device):
+                loss = step(model, batch)
+            loss.float().backward()
+        return torch.cat([p.grad.detach().float().flatten() for p in params if p.grad is not None])
+
+    try:
+        return _measured_choice(model, f"{name} training", device, run, "gradient", timer, cache)
+    finally:
+        model.load_state_dict(buffers, strict=False)
+        for p, g in zip(params, grads):
+            p.grad = g
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def quantize_int8(model: nn.Module, run: Callable[[nn.Module], object] | None = None) -> nn.Module:

@@ -6,7 +6,7 @@ does everything else. Config sections it reads (all optional but ``task``):
     seed: 0
     output_dir: runs/NAME
     train: {batch_size, num_workers, total_steps | epochs, eval_every, checkpoint_every, log_every, grad_clip,
-            mixed_precision: no|bf16|fp16, ema_decay, ema_warmup: true, max_minutes, resume: true}
+            mixed_precision: auto|no|bf16|fp16, ema_decay, ema_warmup: true, max_minutes, resume: true}
     optimizer: {name: adamw, lr, weight_decay, ...}      (timm.optim.create_optimizer_v2)
     scheduler: {name: cosine|constant, warmup_steps, warmup_lr, min_lr}
 """
@@ -74,6 +74,33 @@ def resolve_task(name: str) -> type[TrainTask]:
         raise ValueError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def _mixed_precision(tcfg: dict, task: TrainTask, model: nn.Module, train_ds: Dataset, seed: int, cpu: bool,
+                     name: str):
+    """``train.mixed_precision``: ``no``/``fp32``, ``bf16``, ``fp16`` as given; ``auto`` (the default) measured by
+    :func:`~pixelforge.infer.precision.choose_training_precision` on one step of the first batch, by the main
+    process, and shared with the others. Returns a PrecisionChoice (precision fp32, bf16 or fp16)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, send_to_device
+    from torch.utils.data import default_collate
+
+    from ..infer.precision import PrecisionChoice, choose_training_precision
+
+    requested = tcfg.get("mixed_precision", "auto")
+    requested = "no" if requested is False else str(requested)  # YAML 1.1 reads a bare no as false
+    if requested != "auto":
+        return PrecisionChoice(requested, "fp32" if requested in ("no", "fp32") else requested, "requested")
+    state = PartialState(cpu=cpu)
+    choice = [None]
+    if state.is_main_process:
+        items = _SeededItems(train_ds, seed)
+        n = min(int(tcfg.get("batch_size", 16)), len(train_ds))
+        batch = send_to_device((task.collate_fn or default_collate)([items[(0, i)] for i in range(n)]), state.device)
+        choice = [choose_training_precision(model.to(state.device), batch, lambda m, b: task.training_step(m, b)[0],
+                                            name or type(model).__name__, state.device)]
+    broadcast_object_list(choice)
+    return choice[0]
 
 
 class _SeededItems(Dataset):
@@ -158,16 +185,18 @@ def train(cfg: dict) -> Path:
     tcfg = cfg.get("train", {})
     seed = int(cfg.get("seed", 0))
     out = Path(cfg.get("output_dir") or f"runs/{cfg['task']}")
-    accelerator = Accelerator(mixed_precision=tcfg.get("mixed_precision", "no"),
-                              cpu=bool(tcfg.get("cpu", not torch.cuda.is_available())))
+    cpu = bool(tcfg.get("cpu", not torch.cuda.is_available()))
     set_seed(seed)
+    model = task.build_model(cfg)
+    train_ds, val_ds = task.build_datasets(cfg)
+    precision = _mixed_precision(tcfg, task, model, train_ds, seed, cpu, str(cfg.get("model", {}).get("name", "")))
+    accelerator = Accelerator(mixed_precision="no" if precision.precision == "fp32" else precision.precision, cpu=cpu)
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-    model = task.build_model(cfg)
-    train_ds, val_ds = task.build_datasets(cfg)
+    if precision.reason != "requested":
+        accelerator.print(f"train: {precision}")
     batch_size = int(tcfg.get("batch_size", 16))
     n_batches = len(train_ds) // accelerator.num_processes // batch_size
     if n_batches == 0:
@@ -279,7 +308,7 @@ def train(cfg: dict) -> Path:
     if main:
         net = ema.module if ema is not None else accelerator.unwrap_model(model)
         meta = {"task": cfg["task"], "model": str(cfg.get("model", {}).get("name", "")), "step": str(counter.step),
-                "ema": str(ema is not None), "config": json.dumps(cfg)}
+                "ema": str(ema is not None), "config": json.dumps(cfg), "precision": json.dumps(precision.as_dict())}
         task.export(net, out / "model.safetensors", meta)
     accelerator.wait_for_everyone()
     accelerator.end_training()
