@@ -16,6 +16,7 @@ COMMANDS = {
     "models": "pixelforge.zoo.cli:add_models_parser",
     "dereflect": "pixelforge.infer.dereflect:add_dereflect_parser",
     "generate": "pixelforge.generative.cli:add_generate_parser",
+    "serve": "pixelforge.serve:add_serve_parser",
     "export": "pixelforge.export:add_export_parser",
 }
 

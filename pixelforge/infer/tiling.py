@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +113,8 @@ def _forward(model: nn.Module, x: torch.Tensor, multiple: int, scale: int) -> to
 
 
 def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, overlap: int | None = None,
-              precision: str = "fp32", device: torch.device | str | None = None) -> torch.Tensor:
+              precision: str = "fp32", device: torch.device | str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Run an image-to-image model over ``image`` in overlapping tiles.
 
     Args:
@@ -125,6 +127,7 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
             model's ``tile_overlap`` (default 16). Capped at half the tile, with a warning.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast); non-finite outputs raise NonFiniteOutputError.
         device: where the model runs (default: the device of its parameters). Tiles move there one at a time.
+        progress: called as ``progress(tiles done, tiles in all)`` after each tile (e.g. by the web page).
     Returns:
         (B, C', s·H, s·W) float32 on the CPU.
     """
@@ -154,6 +157,7 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
     wxs = _ramp_weights(xs, tw, width, overlap, scale)
     single = len(ys) == 1 and len(xs) == 1
     out = None
+    done, total = 0, len(ys) * len(xs)
     with torch.inference_mode(), autocast(precision, device):
         for y, wy in zip(ys, wys):
             for x, wx in zip(xs, wxs):
@@ -162,6 +166,9 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
                 if res.shape[-2:] != (th * scale, tw * scale) or res.shape[0] != batch:
                     raise ValueError(f"model output {tuple(res.shape)} does not match its input "
                                      f"{tuple(patch.shape)} at scale {scale}")
+                if progress is not None:
+                    done += 1
+                    progress(done, total)
                 if single:
                     return res[..., :out_h, :out_w]
                 if out is None:

@@ -138,22 +138,23 @@ def _model_channels(model: nn.Module) -> int:
 
 
 def process_image(model: nn.Module, image: ImageData, tile: int | None = None, overlap: int | None = None,
-                  precision: str = "fp32", device: torch.device | None = None) -> ImageData:
+                  precision: str = "fp32", device: torch.device | None = None, progress=None) -> ImageData:
     """Run an image-to-image model on a decoded image; alpha is resized on its own (bicubic) and kept.
 
     Grayscale input to a 3-channel model is replicated and the result turned back to one channel (BT.601 luma);
     colour input to a 1-channel model is processed channel by channel. Returns pixels (C, s·H, s·W) in [0, 1] and
-    the input's bit depth.
+    the input's bit depth. ``progress(done, total)`` is called after each tile (see :func:`run_tiled`).
     """
     pixels = image.pixels
     channels = _model_channels(model)
+    options = dict(tile=tile, overlap=overlap, precision=precision, device=device, progress=progress)
     if channels == 3 and pixels.shape[0] == 1:
-        out = run_tiled(model, pixels.expand(3, -1, -1)[None], tile, overlap, precision, device)[0]
+        out = run_tiled(model, pixels.expand(3, -1, -1)[None], **options)[0]
         out = torch.tensordot(out.new_tensor(LUMA_BT601), out, dims=1)[None]
     elif channels == 1 and pixels.shape[0] == 3:
-        out = run_tiled(model, pixels[:, None], tile, overlap, precision, device)[:, 0]
+        out = run_tiled(model, pixels[:, None], **options)[:, 0]
     else:
-        out = run_tiled(model, pixels[None], tile, overlap, precision, device)[0]
+        out = run_tiled(model, pixels[None], **options)[0]
     alpha = image.alpha
     if alpha is not None and alpha.shape[-2:] != out.shape[-2:]:
         alpha = F.interpolate(alpha[None], size=out.shape[-2:], mode="bicubic", align_corners=False)[0]
