@@ -1,8 +1,9 @@
 """ONNX export of image models (at a fixed tile size) and classifiers (at their input size), opset 17.
 
-Image models are traced at one tile size: window attention, window padding and relative-position tables then have
-static shapes, and the tiled runner feeds every tile at that size (:class:`~pixelforge.infer.onnx_backend.
-OnnxRuntimeModel` pads smaller ones). The batch axis stays dynamic. The graph carries a ``pixelforge`` metadata entry
+Image models are traced at one tile size and batch 1: window attention, window padding, unfolds and relative-position
+tables then have static shapes, and the tiled runner feeds every tile at that size (:class:`~pixelforge.infer.
+onnx_backend.OnnxRuntimeModel` pads smaller ones and runs a batch image by image). Classifiers keep a dynamic batch
+axis. The graph carries a ``pixelforge`` metadata entry
 (JSON: model name, input size, upscale, spatial multiple, tile overlap) that the runtime wrapper reads. The exporter
 is torch's TorchScript-based ``torch.onnx.export(dynamo=False)``, which needs no onnxscript.
 """
@@ -62,11 +63,13 @@ def export_onnx(model: nn.Module, output: str | Path | None, name: str, tile: in
             meta[attr] = int(getattr(model, attr))
     model = model.float().cpu().eval()
     buffer = io.BytesIO()
+    image = hasattr(model, "upscale")
+    meta["batch"] = 1 if image else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
         torch.onnx.export(model, (torch.rand(1, *input_size),), buffer, opset_version=opset, dynamo=False,
                           input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                          dynamic_axes=None if image else {"input": {0: "batch"}, "output": {0: "batch"}})
     proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
     entry.key, entry.value = "pixelforge", json.dumps(meta)

@@ -79,7 +79,9 @@ class OnnxRuntimeModel(nn.Module):
                              f"use --tile {min(h_max, w_max)} or less")
         padded = F.pad(x.float().cpu(), (0, w_max - w, 0, h_max - h), mode="replicate") if (h, w) != (h_max, w_max) \
             else x.float().cpu()
-        out = torch.from_numpy(self.session.run(None, {self._input: padded.contiguous().numpy()})[0])
+        chunks = padded.split(1) if self.meta.get("batch") == 1 else [padded]  # a graph of batch 1 runs image by image
+        out = torch.cat([torch.from_numpy(self.session.run(None, {self._input: c.contiguous().numpy()})[0])
+                         for c in chunks])
         if "upscale" not in self.meta:
             return out
         s = int(self.meta["upscale"])

@@ -4,8 +4,9 @@ On x86 CPUs PyTorch runs ``F.linear`` and single-threaded 1x1 convolutions throu
 ``mkldnn._linear_pointwise`` is as fast on Intel and about twice as fast on AMD (AMD EPYC Zen 5, one thread,
 (4096 × 144) @ (144 × 432): 105 against 48 GMAC/s), and it fuses the bias, an activation (GELU, ReLU) or a residual
 add into the product, saving a pass over the output. It is used only where it computes the same thing: float32 CPU
-tensors, no autocast, and no autograd (grad mode off or nothing requiring a gradient); everything else takes the
-plain PyTorch ops, so training is unchanged. ``PIXELFORGE_ONEDNN=0`` switches it off (A/B measurements).
+tensors, no autocast, no autograd (grad mode off or nothing requiring a gradient), not tracing (ONNX export);
+everything else takes the plain PyTorch ops, so training is unchanged. ``PIXELFORGE_ONEDNN=0`` switches it off (A/B
+measurements).
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def onednn_linear_available() -> bool:
 
 def _use_onednn(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     if not _ONEDNN or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False
+    if torch.jit.is_tracing():  # ONNX export / TorchScript: the oneDNN op has no exporter, the plain ops do
         return False
     if not torch.is_grad_enabled():
         return True
