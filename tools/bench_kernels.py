@@ -13,7 +13,7 @@ process) vs a sequential per-token loop written like the official ``selective_sc
 auto's measured choices. Peak memory: on CPU the growth of the resident set (VmHWM after a malloc_trim and a reset of
 the high-water mark), on CUDA ``max_memory_allocated`` above the inputs.
 
-    python tools/bench_kernels.py --only scan --threads 1 --cpu-time --native-cflags "-O3 -march=x86-64-v3"
+    python tools/bench_kernels.py --only scan --threads 1 --cpu-time --native-cflags="-O3 -march=x86-64-v3"
 """
 from __future__ import annotations
 
@@ -245,14 +245,16 @@ def scan_inputs(b, d, n, L, device, groups=1, gate=True):
 
 @contextlib.contextmanager
 def native_build(flags: str | None):
-    """Run the native backend as built with compiler ``flags`` ($PIXELFORGE_NATIVE_CFLAGS; None: the default)."""
-    old = os.environ.pop(native.FLAGS_ENV, None)
-    if flags is not None:
-        os.environ[native.FLAGS_ENV] = flags
+    """Run the native backend as built with compiler ``flags`` ($PIXELFORGE_NATIVE_CFLAGS; None: as configured)."""
+    if flags is None:
+        yield
+        return
+    old = os.environ.get(native.FLAGS_ENV)
+    os.environ[native.FLAGS_ENV] = flags
     try:
         yield
     finally:
-        os.environ.pop(native.FLAGS_ENV, None)
+        os.environ.pop(native.FLAGS_ENV)
         if old is not None:
             os.environ[native.FLAGS_ENV] = old
 
@@ -265,15 +267,15 @@ def scan_cases(long_lengths: list[int]):
 
 
 def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool, cflags: list[str]) -> None:
-    """Forward: every backend of the device (CPU: the PyTorch path, the native kernel as built by default and with
-    each of ``cflags``, auto; CUDA: Triton) against the sequential loop, timed in turn; forward + backward: the
+    """Forward: every backend of the device (CPU: the PyTorch path, the native kernel as configured and as built
+    with each of ``cflags``, auto; CUDA: Triton) against the sequential loop, timed in turn; forward + backward: the
     device's training backend (CPU: PyTorch path)."""
     if device == "cuda":
         impls = [("op (triton)", "triton", None)]
     else:
         impls = [("op (torch)", "torch", None)]
         if native_available():
-            impls += [("op (native)", "native", None)]
+            impls += [(f"op (native {os.environ.get(native.FLAGS_ENV, 'default')})", "native", None)]
             impls += [(f"op (native {flags})", "native", flags) for flags in cflags]
             impls += [("op (auto)", "auto", None)]
     train_backend = "triton" if device == "cuda" else "torch"
@@ -341,9 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when present")
     parser.add_argument("--cpu-time", action="store_true",
                         help="report process CPU time instead of wall-clock time on CPU (use with --threads 1)")
-    parser.add_argument("--native-cflags", nargs="*", default=[], metavar="FLAGS",
-                        help="also time the native scan built with these compiler flags, e.g. "
-                             "'-O3 -march=x86-64-v3' (AVX2) or '-O3' (the compiler's baseline)")
+    parser.add_argument("--native-cflags", action="append", default=[], metavar="FLAGS",
+                        help="also time the native scan built with these compiler flags (repeatable), e.g. "
+                             "--native-cflags='-O3 -march=x86-64-v3' (AVX2) or --native-cflags=-O3 (baseline)")
     args = parser.parse_args(argv)
     global CPU_TIME
     CPU_TIME = args.cpu_time
