@@ -112,6 +112,45 @@ def test_server_limits(server):
     assert not folder.exists() and token not in state.visits
 
 
+def _post(url, data):
+    status, body = _request(url, "POST", json.dumps(data).encode(), {"Content-Type": "application/json"})
+    return status, json.loads(body)
+
+
+def test_generate_weights_rules(server, tmp_path):
+    """Without weights the page says what to do; a weights file may not point the server at its own files."""
+    base, state = server
+    token = json.loads(_request(f"{base}/api/visit", "POST")[1])["visit"]
+    var = pixelforge.create_model("var_d6_32", **SMALL_VAR)
+    cfg = {"model": {"name": "var_d6_32", "args": SMALL_VAR}, "vqvae": {"name": "var_vqvae_f4_32",
+                                                                       "weights": "/etc/hostname"}}
+    path = save_weights(var, tmp_path / "var.safetensors", metadata={"config": json.dumps(cfg)})
+    fid = json.loads(_request(f"{base}/api/v/{token}/upload?name=var.safetensors", "PUT", path.read_bytes())[1])["id"]
+    messages = []
+    for weights in ([], [fid]):
+        status, body = _post(f"{base}/api/v/{token}/generate", {"model": "var_d6_32", "weights": weights, "n": 1})
+        assert status == 200
+        while (job := json.loads(_request(f"{base}/api/v/{token}/jobs/{body['job']}")[1]))["state"] != "failed":
+            assert job["state"] != "done"
+            time.sleep(0.1)
+        messages.append(job["message"])
+    assert messages[0].startswith("no weights for var_d6_32: pixelforge does not bundle generator weights yet")
+    assert messages[1] == ("var.safetensors names its tokenizer weights by a path on the server; upload the "
+                           "tokenizer file as well")
+    assert _post(f"{base}/api/v/{token}/generate", {"model": "/tmp/pipeline-folder"})[1]["error"] == \
+        "unknown generator '/tmp/pipeline-folder'"
+    _request(f"{base}/api/v/{token}/end", "POST")
+
+
+def test_run_tiled_reports_each_tile():
+    from pixelforge.infer.tiling import run_tiled
+
+    calls = []
+    out = run_tiled(torch.nn.Identity(), torch.rand(1, 3, 40, 40), tile=16, overlap=4,
+                    progress=lambda done, total: calls.append((done, total)))
+    assert out.shape == (1, 3, 40, 40) and calls == [(k, 9) for k in range(1, 10)]
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
@@ -125,7 +164,7 @@ def browser():
         chromium.close()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(120)
 def test_page_upscale_errors_and_generate(server, browser, tmp_path):
     """Upload a Set5 image and a truncated PNG, run cfsr_x4 in tiles: the download equals `pixelforge upscale`,
     the bad file has its own error; then generate 4 VAR samples and download one."""
@@ -142,6 +181,7 @@ def test_page_upscale_errors_and_generate(server, browser, tmp_path):
                        metadata={"config": json.dumps(cfg)})
 
     start = time.perf_counter()
+    before = set(state.visits)
     page = browser.new_page(accept_downloads=True)
     page.goto(base)
     page.wait_for_selector("body[data-ready='1']", timeout=120_000)  # the model list is built once (~10 s CPU)
@@ -197,7 +237,8 @@ def test_page_upscale_errors_and_generate(server, browser, tmp_path):
     row = page.locator("#models-table tr", has_text="cfsr_x4").first.inner_text()
     assert "bundled" in row and "30.43 / 0.8626" in row
     elapsed = time.perf_counter() - start
-    visits = list(state.visits.values())
+    visits = [v for token, v in state.visits.items() if token not in before]
+    assert len(visits) == 1
     page.goto("about:blank")  # leaving the page sends the end-of-visit beacon
     page.close()
     print(f"browser test: {elapsed:.1f} s wall from page load to the Models tab")

@@ -83,6 +83,10 @@ class Visit:
         self.files[fid] = _File(path, name)
         return f"/api/v/{self.token}/files/{fid}/{_safe_name(name)}"
 
+    def names(self) -> dict[Path, str]:
+        """The uploads' paths and the names the user gave them."""
+        return {f.path: f.name for f in self.uploads.values()}
+
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -149,7 +153,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return FileResponse(STATIC / "index.html", headers=_HEADERS)
 
     async def new_visit(request: Request) -> Response:
-        server.sweep()
         visit = Visit()
         with server.lock:
             server.visits[visit.token] = visit
@@ -216,10 +219,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise _Refused(400, f"{key} must be in [{low}, {high}], got {value}")
         return value
 
-    def catalog_names(kinds: tuple[str, ...]) -> set[str]:
-        if not server.catalog.done():
-            raise _Refused(503, "the model list is still loading; try again in a few seconds")
-        return {m.name for m in server.catalog.result() if m.kind in kinds}
+    async def catalog_names(kinds: tuple[str, ...]) -> set[str]:
+        return {m.name for m in await asyncio.wrap_future(server.catalog) if m.kind in kinds}
 
     def start(visit: Visit, job: Job, fn, req) -> Response:
         out = visit.dir / "results"
@@ -243,7 +244,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise _Refused(400, "add at least one image")
         weights = uploaded(visit, body["weights"], "checkpoint").path if body.get("weights") else None
         model = body.get("model") or None
-        if model is not None and model not in catalog_names(("image",)):
+        if model is not None and model not in await catalog_names(("image",)):
             raise _Refused(400, f"unknown image model {model!r}")
         if weights is None and model in settings.weights:
             weights = settings.weights[model]
@@ -253,13 +254,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         req = UpscaleRequest([(f.path, f.name) for f in files], model, weights,
                              number(body, "tile", int, up.tile, 0, 8192), number(body, "tile_overlap", int, None, 0),
                              precision, number(body, "outscale", float, None, 0.05, 16), device, server.max_pixels)
-        return start(visit, Job("upscale"), run_upscale, req)
+        return start(visit, Job("upscale", visit.names()), run_upscale, req)
 
     async def generate(request: Request) -> Response:
         visit = server.visit(request)
         body = await request.json()
         model = body.get("model")
-        if model not in catalog_names(("var", "diffusion")):
+        if model not in await catalog_names(("var", "diffusion")):
             raise _Refused(400, f"unknown generator {model!r}")
         weights = [uploaded(visit, fid, "weights file").path for fid in body.get("weights") or []]
         if not weights and model in settings.weights:
@@ -279,7 +280,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
              "task": body.get("task") or None, "scheduler": scheduler,
              "steps": number(body, "steps", int, gen.steps, 1, 1000),
              "guidance": number(body, "guidance", float, gen.guidance, 0, 100)})
-        return start(visit, Job("generate"), run_generate, req)
+        return start(visit, Job("generate", visit.names()), run_generate, req)
 
     async def job_state(request: Request) -> Response:
         job = server.visit(request).jobs.get(request.path_params["job"])
@@ -297,6 +298,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     def guard(handler):
         async def wrapped(request: Request) -> Response:
+            server.sweep()
             try:
                 return await handler(request)
             except _Refused as exc:

@@ -20,22 +20,35 @@ Register = Callable[[Path, str], str]  # (file in the visit folder, download nam
 
 
 class Job:
-    """The state of one job, written by the worker thread and read (as :meth:`snapshot`) by the page."""
+    """The state of one job, written by the worker thread and read (as :meth:`snapshot`) by the page.
 
-    def __init__(self, kind: str):
+    ``names`` maps the server's copies of uploads (paths) to the names the user gave them: messages and errors
+    name the user's files, never the server's folders.
+    """
+
+    def __init__(self, kind: str, names: dict[Path, str] | None = None):
         self.id, self.kind = secrets.token_hex(8), kind
+        self._names = sorted(((str(p), str(p.name), n) for p, n in (names or {}).items()), key=lambda t: -len(t[0]))
         self._lock = threading.Lock()
         self._state = {"id": self.id, "kind": kind, "state": "queued", "message": "", "notes": [], "items": [],
                        "progress": None, "zip": None, "grid": None}
 
+    def _public(self, value):
+        if isinstance(value, dict):
+            return {k: self._public(v) if k in ("error", "message") else v for k, v in value.items()}
+        if isinstance(value, str):
+            for path, file, name in self._names:
+                value = value.replace(path, name).replace(file, name)
+        return value
+
     def update(self, **fields) -> None:
         with self._lock:
-            self._state.update(fields)
+            self._state.update({k: self._public(v) if k == "message" else v for k, v in fields.items()})
 
     def add(self, key: str, value) -> None:
         """Append ``value`` to the list ``key`` (``items`` or ``notes``)."""
         with self._lock:
-            self._state[key] = [*self._state[key], value]
+            self._state[key] = [*self._state[key], self._public(value)]
 
     def snapshot(self) -> dict:
         with self._lock:
