@@ -13,6 +13,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers.linear import conv1x1, linear_add
 from ..zoo import register_family, register_model
 from .dense import DenseBackbone, DenseImageModel, build_dense_model
 
@@ -113,8 +114,15 @@ class LargeKernelConv(nn.Module):
         del self.lkb_origin, self.small_conv
 
 
+def _scaled_conv1x1_add(x: torch.Tensor, conv: nn.Conv2d, scale: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + scale ⊙ conv(x) for a 1x1 ``conv``, the per-channel scale folded into its weight and bias and the
+    add fused into the product. x, residual (B, C, H, W) (channels-last memory reads in place) → channels-last."""
+    w, b = conv.weight.flatten(1) * scale[:, None], conv.bias * scale
+    return linear_add(x.permute(0, 2, 3, 1), w, b, residual.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class ConvMod(nn.Module):
-    """Convolutional modulation: proj(DW_K(GELU(conv1x1(LN x))) ⊙ v(LN x))."""
+    """Convolutional modulation: proj(DW_K(GELU(conv1x1(LN x))) ⊙ v(LN x)); :meth:`mix` is all but ``proj``."""
 
     def __init__(self, dim: int, kernel_size: int, deploy: bool):
         super().__init__()
@@ -123,14 +131,18 @@ class ConvMod(nn.Module):
         self.v = nn.Conv2d(dim, dim, 1)
         self.proj = nn.Conv2d(dim, dim, 1)
 
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → DW_K(GELU(conv1x1(LN x))) ⊙ v(LN x), (B, C, H, W) channels-last."""
+        x = self.norm(x)
+        return self.a[2](conv1x1(x, self.a[0], "gelu")) * conv1x1(x, self.v)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, C, H, W)."""
-        x = self.norm(x)
-        return self.proj(self.a(x) * self.v(x))
+        return conv1x1(self.mix(x), self.proj)
 
 
 class EdgeFFN(nn.Module):
-    """Edge-preserving FFN: u = GELU(fc1(LN x)); u = u + GELU(pos(u)); fc2(u)."""
+    """Edge-preserving FFN: u = GELU(fc1(LN x)); u = u + GELU(pos(u)); fc2(u); :meth:`hidden` is all but fc2."""
 
     def __init__(self, dim: int, mlp_ratio: int, deploy: bool):
         super().__init__()
@@ -141,15 +153,18 @@ class EdgeFFN(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → u (B, hidden, H, W) channels-last."""
+        u = conv1x1(self.norm(x), self.fc1, "gelu")
+        return u + self.act(self.pos(u))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, C, H, W)."""
-        x = self.act(self.fc1(self.norm(x)))
-        x = x + self.act(self.pos(x))
-        return self.fc2(x)
+        return conv1x1(self.hidden(x), self.fc2)
 
 
 class CFSRBlock(nn.Module):
-    """x + γ₁⊙ConvMod(x), then + γ₂⊙EFN(x)."""
+    """x + γ₁⊙ConvMod(x), then + γ₂⊙EFN(x) (channels-last inside: every 1x1 conv is a linear over channels)."""
 
     def __init__(self, dim: int, kernel_size: int, mlp_ratio: int, deploy: bool, layer_scale_init: float = 1e-6):
         super().__init__()
@@ -160,8 +175,9 @@ class CFSRBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, C, H, W)."""
-        x = x + self.layer_scale_1.view(-1, 1, 1) * self.attn(x)
-        return x + self.layer_scale_2.view(-1, 1, 1) * self.mlp(x)
+        # the layer scales fold into the last 1x1 convs, the residual adds into their products
+        x = _scaled_conv1x1_add(self.attn.mix(x), self.attn.proj, self.layer_scale_1, x)
+        return _scaled_conv1x1_add(self.mlp.hidden(x), self.mlp.fc2, self.layer_scale_2, x)
 
 
 class CFSRLayer(nn.Module):
@@ -182,7 +198,8 @@ class CFSRLayer(nn.Module):
             y = checkpoint(self.blocks, x, use_reentrant=False)
         else:
             y = self.blocks(x)
-        return self.conv(y) + y
+        return linear_add(y.permute(0, 2, 3, 1), self.conv.weight.flatten(1), self.conv.bias,
+                          y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class CFSRBackbone(DenseBackbone):
@@ -211,7 +228,7 @@ class CFSRBackbone(DenseBackbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image (B, in_chans, H, W) → (B, embed_dim, H, W)."""
-        x = self.conv_first(x)
+        x = self.conv_first(x).contiguous(memory_format=torch.channels_last)
         y = x
         for layer in self.layers:
             y = layer(y)
