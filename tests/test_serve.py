@@ -142,6 +142,26 @@ def test_generate_weights_rules(server, tmp_path):
     _request(f"{base}/api/v/{token}/end", "POST")
 
 
+def test_upscale_job_outscale_and_pixel_limit(tmp_path):
+    """The job behind the page: a model output resized to --outscale, an image over the pixel limit refused by
+    name before decoding, each on its own item."""
+    from pixelforge.serve.jobs import Job, UpscaleRequest, run_upscale
+
+    small, big = LR.with_name("img_003_SRF_4_LR.png"), LR  # 64x64 and 128x128
+    if not small.is_file():
+        pytest.skip(f"Set5 not available: {small}")
+    job = Job("upscale", {small: "small.png", big: "big.png"})
+    req = UpscaleRequest([(small, "small.png"), (big, "big.png")], "cfsr_x4", None, 0, None, "fp32", 2.0, "cpu",
+                         max_pixels=5000)
+    run_upscale(job, req, tmp_path, lambda path, name: str(path))
+    state = job.snapshot()
+    assert state["state"] == "done" and state["message"] == "1 of 2 images done, 1 failed"
+    assert state["items"][0]["size_out"] == [128, 128] and read_image(state["items"][0]["after"]).pixels.shape == (
+        3, 128, 128)
+    assert state["items"][1]["error"] == ("big.png: 128x128 is 16,384 pixels, over this server's limit of 5,000 "
+                                          "(pixelforge serve --max-pixels)")
+
+
 def test_run_tiled_reports_each_tile():
     from pixelforge.infer.tiling import run_tiled
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ModelInfo", "cli_args", "cli_choices", "readme_scores", "build_catalog"]
+__all__ = ["ModelInfo", "cli_args", "cli_choices", "readme_scores", "build_catalog", "catalog_json"]
 
 # README table columns that hold measured scores (others: config, steps, wall time, baselines)
 _SCORE_COLUMN = re.compile(r"psnr|ssim|top-?[15]|fid|\bfd\b|lpips|accuracy", re.IGNORECASE)

@@ -52,7 +52,8 @@ function fillModels() {
   if (withCheckpoint) select.append(el("option", {value: "", textContent: "named in the checkpoint"}));
   const imageModels = catalog.models.filter((m) => m.kind === "image" && (withCheckpoint || m.has_weights));
   for (const m of imageModels)
-    select.append(el("option", {value: m.name, textContent: `${m.name} (${m.task}${m.has_weights ? "" : ", needs the checkpoint"})`}));
+    select.append(el("option", {value: m.name,
+                                textContent: `${m.name} (${m.task}${m.has_weights ? "" : ", needs the checkpoint"})`}));
   if ([...select.options].some((o) => o.value === previous)) select.value = previous;
 }
 
@@ -233,7 +234,11 @@ async function init() {
   $("#files").addEventListener("change", (e) => { addImages(e.target.files); e.target.value = ""; });
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); addImages(e.dataTransfer.files); });
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    addImages(e.dataTransfer.files);
+  });
   $("#status").textContent = "loading the model list…";
   catalog = await api("/api/models");
   $("#status").textContent = "";
