@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 # command name -> "module:function"; the function takes the argparse sub-parsers object and adds its parser, with
 # ``func`` set to a callable taking the parsed args and returning an exit code. Imported lazily so --help is fast.
@@ -31,10 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code.
+
+    SIGTERM and SIGHUP end the command through ``SystemExit`` (exit code 128 + signal), so that cleanup code runs
+    (temporary files of atomic writes are removed) as it does for Ctrl-C.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    signals = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        signals = []
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in signals}
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Image I/O: modes, alpha, 16-bit PNG (every row filter, interlacing), EXIF orientation, errors, atomic writes."""
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -9,6 +12,7 @@ from PIL import Image, ImageOps
 
 from pixelforge.data import (EmptyImageError, ImageReadError, ImageWriteError, UnsupportedImageError, list_image_files,
                              quantize, read_image, write_image)
+from pixelforge.data.image_io import check_writable, remove_stale_temporaries
 
 RNG = np.random.default_rng(0)
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
@@ -219,6 +223,42 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         write_image(target, torch.rand(3, 8, 9))
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "keep.png"]
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    """A writer killed with SIGKILL inside atomic_open leaves its hidden temporary file; the next run removes it
+    (its writer is gone), while a live writer's file is kept."""
+    code = ("import sys, time\n"
+            "from pixelforge.data.image_io import atomic_open\n"
+            "with atomic_open(sys.argv[1]) as f:\n"
+            "    f.write(b'partial'); f.flush(); print('writing', flush=True); time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "x.png")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".x.png.{proc.pid}-") and left[0].endswith(".tmp")
+    live = tmp_path / f".y.png.{os.getpid()}-0123abcd.tmp"
+    live.write_bytes(b"")
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / left[0]]
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
+def test_check_writable_names_the_problem(tmp_path):
+    check_writable(tmp_path / "new" / "deeper" / "x.png")  # folders that can be created
+    assert list(tmp_path.iterdir()) == []  # nothing created
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ImageWriteError, match="cannot create output folder"):
+        check_writable(tmp_path / "file" / "sub" / "x.png")
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(ImageWriteError, match="is a folder"):
+        check_writable(tmp_path / "x.png")
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / "locked").mkdir(mode=0o500)
+        with pytest.raises(ImageWriteError, match="cannot write into"):
+            check_writable(tmp_path / "locked" / "x.png")
 
 
 def test_write_formats_and_listing(tmp_path):

@@ -150,3 +150,17 @@ def test_small_tiles_never_collapse_the_stride():
         "the model's tile overlap 32 reduced to 16 for tile 32 (tiles must advance by at least half their size)"])
     assert plan_tiles(_Counting(16), 64, None) == (64, 32, [])
     assert plan_tiles(_Counting(), None, 5) == (None, 0, [])
+
+
+def test_output_too_large_for_memory_fails_before_the_model_runs(monkeypatch):
+    """The full-size accumulator is sized before any tile runs; when it does not fit, the error names the output
+    size (an out-of-memory there used to surface after the first tile, as "try a smaller --tile")."""
+    import pixelforge.infer.tiling as tiling
+
+    model = _Counting()
+    monkeypatch.setattr(tiling, "_available_memory", lambda: 100_000)
+    with pytest.raises(tiling.OutputTooLargeError, match=r"the 128x96 output needs 0\.0 GiB .*smaller tile does not"):
+        run_tiled(model, torch.rand(1, 3, 96, 128), tile=32, overlap=8)  # 3·96·128·4 = 147 kB
+    assert model.calls == 0
+    run_tiled(model, torch.rand(1, 3, 64, 64), tile=32, overlap=8)  # 49 kB fits
+    assert model.calls == 9

@@ -155,7 +155,7 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys, monkeypatch, 
     assert rc == 1
     assert len(err.strip().splitlines()) == 1 and err.startswith("pixelforge upscale: error:"), err
     assert expected in err
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.name != "out") == before
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no empty output folder either
 
 
 def test_precision_and_whole_image_options(tmp_path, capsys):
@@ -170,3 +170,87 @@ def test_precision_and_whole_image_options(tmp_path, capsys):
     rc, _, err = _run(capsys, tmp_path / "in.png", "-o", tmp_path / "x.png", "--tile", 8, "--tile-overlap", 8,
                       "--weights", tmp_path / "w.safetensors")
     assert rc == 1 and "--tile-overlap in [0, --tile)" in err
+
+
+def test_small_tile_is_noted_once_and_runs_in_few_tiles(tmp_path, capsys, monkeypatch):
+    """--tile 32 with CFSR's 32-px overlap once advanced 1 px per tile (a hang on photos); the overlap is halved and
+    one note says so for the whole run."""
+    tiny_weights(tmp_path / "w.safetensors")
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.png"):
+        _rgb(src / name, 64, 64)
+    calls = []
+    monkeypatch.setattr(pixelforge.infer.tiling, "_forward", lambda m, x, *a: calls.append(x.shape) or m(x))
+    rc, _, err = _run(capsys, src, "-o", tmp_path / "out", "--tile", 32, "--weights", tmp_path / "w.safetensors")
+    assert rc == 0, err
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert notes == ["pixelforge upscale: note: the model's tile overlap 32 reduced to 16 for tile 32 (tiles must "
+                     "advance by at least half their size)"]
+    assert len(calls) == 2 * 3 * 3  # starts 0, 16, 32 on each axis, for each image
+
+
+def test_unwritable_output_is_found_before_the_model_runs(tmp_path, capsys, monkeypatch):
+    tiny_weights(tmp_path / "w.safetensors")
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.png"):
+        _rgb(src / name)
+    (tmp_path / "out" / "b.png").mkdir(parents=True)  # the output of b.png cannot be written
+    ran = []
+    monkeypatch.setattr(pixelforge.infer.upscale, "process_image", lambda *a, **k: ran.append(a))
+    rc, _, err = _run(capsys, src, "-o", tmp_path / "out", "--weights", tmp_path / "w.safetensors")
+    assert rc == 1 and ran == []
+    assert err.strip() == f"pixelforge upscale: error: {tmp_path / 'out' / 'b.png'}: is a folder, not an output file"
+
+
+def test_weights_folder_and_output_too_large(tmp_path, capsys, monkeypatch):
+    tiny_weights(tmp_path / "w.safetensors")
+    _rgb(tmp_path / "in.png", 40, 40)
+    rc, _, err = _run(capsys, tmp_path / "in.png", "-o", tmp_path / "x.png", "--weights", tmp_path)
+    assert rc == 1 and f"{tmp_path} is a folder, not a checkpoint file" in err
+    monkeypatch.setattr(pixelforge.infer.tiling, "_available_memory", lambda: 10_000)
+    rc, _, err = _run(capsys, tmp_path / "in.png", "-o", tmp_path / "x.png", "--tile", 16, "--tile-overlap", 4,
+                      "--weights", tmp_path / "w.safetensors")
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "the 160x160 output needs" in err and "--tile" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_stale_temporaries_are_removed_and_sigterm_leaves_none(tmp_path):
+    """A run killed by SIGTERM while writing removes its temporary file; files left by a SIGKILLed writer (its PID
+    gone) are removed by the next run in that folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    tiny_weights(tmp_path / "w.safetensors")
+    _rgb(tmp_path / "in.png")
+    out = tmp_path / "out"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out.mkdir()
+    stale = out / f".old.png.{gone.stdout.strip()}-89abcdef.tmp"
+    stale.write_bytes(b"")
+    code = ("import sys, time\n"
+            "import pixelforge.infer.upscale as up\n"
+            "from pixelforge.cli import main\n"
+            "from pixelforge.data.image_io import atomic_open\n"
+            "def slow_write(path, *args):\n"
+            "    with atomic_open(path) as f:\n"
+            "        f.write(b'partial'); f.flush(); print('writing', flush=True); time.sleep(120)\n"
+            "up.write_image = slow_write\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, "upscale", str(tmp_path / "in.png"), "-o", str(out),
+                             "--weights", str(tmp_path / "w.safetensors"), "--device", "cpu"],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert not stale.exists()  # removed before the run wrote anything
+        assert len([p for p in out.iterdir() if p.name.endswith(".tmp")]) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert list(out.iterdir()) == []

@@ -5,13 +5,16 @@
   applied. Pixels become a float32 (C, H, W) tensor in [0, 1] with C = 1 or 3; an alpha channel is returned
   separately (the caller processes it on its own and writes it back).
 - Write: the format follows the file suffix; 16-bit output is written as PNG (own encoder), 8-bit through Pillow.
-  Writes are atomic: a temporary file in the same folder, then ``os.replace``; a failed write leaves nothing behind.
+  Writes are atomic: a temporary file in the same folder, then ``os.replace``; a failed write leaves nothing behind,
+  and the temporary file of a writer killed outright (SIGKILL) is removed by :func:`remove_stale_temporaries`.
+  :func:`check_writable` tells whether an output can be written before any work is spent on it.
 - Errors are :class:`ImageIOError` subclasses whose message names the file and the problem.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import uuid
 import zlib
@@ -25,7 +28,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 __all__ = ["ImageData", "ImageIOError", "ImageReadError", "UnsupportedImageError", "EmptyImageError",
-           "ImageWriteError", "read_image", "write_image", "quantize", "atomic_open", "list_image_files",
+           "ImageWriteError", "read_image", "write_image", "quantize", "atomic_open", "check_writable",
+           "remove_stale_temporaries", "list_image_files",
            "IMAGE_SUFFIXES", "LUMA_BT601"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -37,6 +41,7 @@ _MODE_CONVERSIONS = {"L": "L", "LA": "LA", "RGB": "RGB", "RGBA": "RGBA", "1": "L
                      "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
 _MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N")
 _PNG16_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type → samples per pixel
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")  # atomic_open's temporary files
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
@@ -305,7 +310,7 @@ def quantize(img: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
     """Open a temporary file next to ``path`` for writing; on success it replaces ``path``, on error it vanishes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # named by its writer's PID
     try:
         with open(tmp, mode.replace("w", "x")) as f:
             yield f
@@ -314,6 +319,65 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None when there is no such process, -inf when it
+    runs but its start time is unknown (no ``/proc``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except (PermissionError, OverflowError):
+        pass
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return float("-inf")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_open` left in ``folder`` when its writer was killed outright.
+
+    A temporary file is stale when the process named in it is gone, or started after the file was last written
+    (its PID was reused); the files of live writers are kept. Returns the removed paths.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            written = entry.stat().st_mtime
+            started = _process_start(int(match["pid"]))
+            if started is None or started > written + 2:  # /proc/stat's boot time is whole seconds
+                entry.unlink()
+                removed.append(entry)
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`ImageWriteError` unless ``path`` can be written: it is not a folder, and its folder is a
+    writable folder or can be created inside one. Nothing is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageWriteError(path, "is a folder, not an output file")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ImageWriteError(path, f"cannot create output folder {path.parent} ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ImageWriteError(path, f"cannot write into {existing} (permission denied or read-only file system)")
 
 
 def write_image(path: str | os.PathLike, pixels: torch.Tensor, alpha: torch.Tensor | None = None,

@@ -93,7 +93,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         announce(choice, "pixelforge eval")
         result = evaluate_sr(model, pairs, scale, args.crop_border, tile, args.tile_overlap, choice.precision,
                              device, progress=True)
-    except (CommandError, ImageIOError, NonFiniteOutputError, ValueError) as exc:
+    except (CommandError, ImageIOError, NonFiniteOutputError, ValueError, MemoryError) as exc:
         print(f"pixelforge eval: error: {one_line(exc)}", file=sys.stderr)
         return 1
     crop = scale if args.crop_border is None else args.crop_border

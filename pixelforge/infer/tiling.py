@@ -19,7 +19,7 @@ from torch import nn
 from ..vision.dense import DenseImageModel
 from .precision import autocast, check_finite
 
-__all__ = ["run_tiled", "tile_starts", "plan_tiles", "MIN_TILE"]
+__all__ = ["run_tiled", "tile_starts", "plan_tiles", "MIN_TILE", "OutputTooLargeError"]
 
 MIN_TILE = 16  # smaller tiles save no memory and multiply the model calls (per-call overhead would dominate)
 
@@ -34,6 +34,40 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     stride = tile - overlap
     starts = list(range(0, size - tile, stride))
     return starts + [size - tile]
+
+
+class OutputTooLargeError(MemoryError):
+    """The full-size output buffer of a tiled run does not fit in memory (a smaller tile does not shrink it)."""
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _output_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """A zeroed float32 CPU buffer of ``shape`` (B, C, H, W), or :class:`OutputTooLargeError` naming the output size
+    when it exceeds the available memory or its allocation fails."""
+    nbytes = 4 * math.prod(shape)
+    available = _available_memory()
+    problem = None
+    if available is not None and nbytes > available:
+        problem = f"only {available / 2 ** 30:.1f} GiB of memory is available"
+    else:
+        try:
+            return torch.zeros(shape)
+        except RuntimeError as exc:  # the allocator's out-of-memory error
+            problem = f"allocating it failed ({' '.join(str(exc).split())[:120]})"
+    raise OutputTooLargeError(f"the {shape[-1]}x{shape[-2]} output needs {nbytes / 2 ** 30:.1f} GiB for its "
+                              f"full-size float32 buffer and {problem}; a smaller tile does not reduce it (process a "
+                              f"smaller or cropped image)")
 
 
 def plan_tiles(model: nn.Module, tile: int | None, overlap: int | None = None) -> tuple[int | None, int, list[str]]:
@@ -156,7 +190,9 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
     wys = _ramp_weights(ys, th, height, overlap, scale)
     wxs = _ramp_weights(xs, tw, width, overlap, scale)
     single = len(ys) == 1 and len(xs) == 1
-    out = None
+    # the accumulator is allocated before the model runs: an output too large for memory fails at once, by name
+    out = None if single else _output_buffer((batch, int(getattr(model, "out_chans", image.shape[1])),
+                                              height * scale, width * scale))
     done, total = 0, len(ys) * len(xs)
     with torch.inference_mode(), autocast(precision, device):
         for y, wy in zip(ys, wys):
@@ -171,7 +207,7 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
                     progress(done, total)
                 if single:
                     return res[..., :out_h, :out_w]
-                if out is None:
-                    out = torch.zeros(batch, res.shape[1], height * scale, width * scale)
+                if res.shape[1] != out.shape[1]:
+                    out = _output_buffer((batch, res.shape[1], height * scale, width * scale))
                 out[:, :, y * scale:(y + th) * scale, x * scale:(x + tw) * scale] += res * (wy[:, None] * wx[None])
     return out[..., :out_h, :out_w]

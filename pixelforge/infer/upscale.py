@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.image_io import (IMAGE_SUFFIXES, LUMA_BT601, ImageData, ImageIOError, list_image_files, read_image,
-                             write_image)
+from ..data.image_io import (IMAGE_SUFFIXES, LUMA_BT601, ImageData, ImageIOError, check_writable, list_image_files,
+                             read_image, remove_stale_temporaries, write_image)
 from ..zoo import CheckpointError, create_model
 from .onnx_backend import OnnxRuntimeModel, add_backend_argument
 from .precision import PrecisionChoice, add_precision_argument, announce, prepare_model, probe_input, resolve_device
-from .tiling import run_tiled
+from .tiling import plan_tiles, run_tiled
 
 __all__ = ["add_image_to_image_arguments", "run_image_to_image", "process_image", "load_model", "load_runner",
            "add_upscale_parser", "CommandError", "one_line"]
@@ -179,11 +179,22 @@ def _collect_jobs(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     return [(f, out / f"{f.stem}.png") for f in files]
 
 
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` (and its missing parents); returns the folders created, deepest first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+    return missing
+
+
 def run_image_to_image(args: argparse.Namespace, command: str) -> int:
     """Process every input of an image-to-image command (arguments from :func:`add_image_to_image_arguments`).
 
     Returns the exit code: 0 when every image was written, 1 otherwise (including setup errors, each reported as
-    one line ``pixelforge COMMAND: error: ...`` on stderr).
+    one line ``pixelforge COMMAND: error: ...`` on stderr). Outputs that cannot be written are found before the
+    model is loaded; output folders are created when their first image is written, so a failed run leaves none.
     """
     from tqdm import tqdm
 
@@ -193,6 +204,8 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
 
     try:
         jobs = _collect_jobs(args.inputs, args.output)
+        for _, dst in jobs:
+            check_writable(dst)
         device = resolve_device(args.device)
         overlap = args.tile_overlap
         if args.tile < 0 or (overlap is not None and (overlap < 0 or (args.tile and overlap >= args.tile))):
@@ -200,16 +213,16 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
                                f"--tile-overlap {args.tile_overlap}")
         tile = args.tile or None
         model, choice, tile = load_runner(args, device, args.default_model, tile)
-        for folder in {dst.parent for _, dst in jobs}:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CommandError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
-    except (CommandError, ValueError) as exc:
+        tile, overlap, notes = plan_tiles(model, tile, args.tile_overlap)
+        for note in notes:  # once for the run, not once per image
+            print(f"pixelforge {command}: note: {note}", file=sys.stderr)
+    except (CommandError, ImageIOError, ValueError) as exc:
         return error(one_line(exc))
     announce(choice, f"pixelforge {command}")
+    for folder in {dst.parent for _, dst in jobs}:  # left by runs killed while writing
+        remove_stale_temporaries(folder)
 
-    failures, seen = [], {}
+    failures, seen, created = [], {}, []
     bar = tqdm(jobs, desc=command, unit="img", disable=True if len(jobs) == 1 else None, file=sys.stderr)
     for src, dst in bar:
         try:
@@ -220,18 +233,26 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
                 raise CommandError(f"{src}: {dst} is already written for {seen[key]} (same file name)")
             seen[key] = src
             image = read_image(src)
-            result = process_image(model, image, tile, args.tile_overlap, choice.precision, device)
+            result = process_image(model, image, tile, overlap, choice.precision, device)
+            created += _make_folder(dst.parent)
             write_image(dst, result.pixels, result.alpha, result.bit_depth)
             if len(jobs) == 1:
                 print(f"wrote {dst} ({result.pixels.shape[-1]}x{result.pixels.shape[-2]})")
         except (CommandError, ImageIOError) as exc:  # their messages name the file
             message = one_line(exc)
+        except MemoryError as exc:  # a full-size buffer (the output's, a decoder's) that does not fit: tiles won't help
+            message = f"{src}: {one_line(exc)}"
         except (RuntimeError, ValueError) as exc:  # NaN/inf output, out of memory, a model rejecting the size...
             message = f"{src}: {one_line(exc)}" + ("; try a smaller --tile" if "memory" in str(exc) else "")
         else:
             continue
         failures.append(src)
         bar.write(f"pixelforge {command}: error: {message}", file=sys.stderr)
+    for folder in sorted(set(created), key=lambda p: len(p.parts), reverse=True):  # a failed run leaves none empty
+        try:
+            folder.rmdir()
+        except OSError:  # not empty
+            pass
     if len(jobs) > 1:
         done = len(jobs) - len(failures)
         print(f"wrote {done} of {len(jobs)} images to {Path(args.output)}")
