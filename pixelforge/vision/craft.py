@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
 from ..layers.init import init_transformer_weights
+from ..layers.linear import conv1x1, linear, linear_add, mlp_residual
 from ..layers.precision import full_precision
 from ..layers.window import (WindowLayout, gather_relative_position_bias, merge_heads, pad_to_multiple,
                              relative_coordinates, relative_position_index, window_layout)
@@ -120,12 +121,12 @@ class SRWAB(nn.Module):
         """x (B, H, W, C); pos: ``offsets_h/v`` (T, 2), ``rpi_h/v`` (N, N) and the window layouts ``layout_h/v``
         (unshifted, shifted) of the two branches. Returns (B, H, W, C)."""
         b, h, w, c = x.shape
-        qkv = self.qkv(self.norm1(x)).view(b, h, w, 3, c)
+        qkv = linear(self.norm1(x), self.qkv.weight, self.qkv.bias).view(b, h, w, 3, c)
         lcm = self.get_v(qkv[..., 2, :].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # on the unshifted v
         x1 = self.attns[0](qkv[..., : c // 2], pos["offsets_h"], pos["rpi_h"], pos["layout_h"][self.shift])
         x2 = self.attns[1](qkv[..., c // 2:], pos["offsets_v"], pos["rpi_v"], pos["layout_v"][self.shift])
-        x = x + self.proj(torch.cat([x1, x2], dim=-1) + lcm)
-        return x + self.mlp(self.norm2(x))
+        x = linear_add(torch.cat([x1, x2], dim=-1) + lcm, self.proj.weight, self.proj.bias, x)
+        return mlp_residual(self.mlp, self.norm2(x), x)
 
 
 class HFERB(nn.Module):
@@ -145,10 +146,20 @@ class HFERB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, C, H, W)."""
+        x = x.contiguous(memory_format=torch.channels_last)  # max-pooling channels-last is several times faster
         lfe = self.act(self.conv(x[:, : self.mid_dim]))
-        # max-pooling channels-last is several times faster on CPU (same values)
-        hfe = self.act(self.fc(self.max_pool(x[:, self.mid_dim:].contiguous(memory_format=torch.channels_last))))
-        return x + self.last_fc(torch.cat([lfe, hfe], dim=1))
+        hfe = conv1x1(self.max_pool(x[:, self.mid_dim:]), self.fc, "gelu")
+        cat = torch.cat([lfe, hfe], dim=1).permute(0, 2, 3, 1)
+        return linear_add(cat, self.last_fc.weight.flatten(1), self.last_fc.bias, x.permute(0, 2, 3, 1)
+                          ).permute(0, 3, 1, 2)
+
+
+def _conv1x1_add(x: torch.Tensor, conv: nn.Conv2d, residual: torch.Tensor | None) -> torch.Tensor:
+    """conv(x) (+ residual) for a 1x1 conv, the add fused into the product: (B, C, H, W) → channels-last."""
+    if residual is None:
+        return conv1x1(x, conv)
+    residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    return linear_add(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias, residual).permute(0, 3, 1, 2)
 
 
 class ChannelCrossAttention(nn.Module):
@@ -168,14 +179,16 @@ class ChannelCrossAttention(nn.Module):
         self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, 3, 1, 1, groups=dim * 2, bias=False)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
 
-    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        """low (normalised attention-branch features), high (B, C, H, W) → (B, C, H, W)."""
+    def forward(self, low: torch.Tensor, high: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """low (normalised attention-branch features), high (B, C, H, W) → (B, C, H, W); ``residual`` (B, C, H, W),
+        if given, is added to the output (fused into project_out)."""
         b, c, h, w = low.shape
-        q = self.q_dwconv(self.q(high)).reshape(b, 1, self.num_heads, c // self.num_heads, h * w)
-        k, v = self.kv_dwconv(self.kv(low)).reshape(b, 2, 1, self.num_heads, c // self.num_heads, h * w).unbind(1)
+        q = self.q_dwconv(conv1x1(high, self.q)).reshape(b, 1, self.num_heads, c // self.num_heads, h * w)
+        k, v = self.kv_dwconv(conv1x1(low, self.kv)).reshape(b, 2, 1, self.num_heads, c // self.num_heads,
+                                                             h * w).unbind(1)
         q = F.normalize(q, dim=-1) * self.temperature.to(q.dtype)
         out = attention(q, F.normalize(k, dim=-1), v, scale=1.0)  # tokens = channels, features = pixels
-        return self.project_out(out.reshape(b, c, h, w))
+        return _conv1x1_add(out.reshape(b, c, h, w), self.project_out, residual)
 
 
 class GatedDwFFN(nn.Module):
@@ -191,10 +204,10 @@ class GatedDwFFN(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, 1, 1, groups=hidden * 2, bias=False)
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) → (B, C, H, W)."""
-        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) → (B, C, H, W), plus ``residual`` if given (fused into project_out)."""
+        x1, x2 = self.dwconv(conv1x1(x, self.project_in)).chunk(2, dim=1)
+        return _conv1x1_add(F.gelu(x1) * x2, self.project_out, residual)
 
 
 class HFB(nn.Module):
@@ -212,8 +225,8 @@ class HFB(nn.Module):
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """low, high (B, C, H, W) → (B, C, H, W)."""
-        x = low + self.attn(self.norm1(low), high)
-        return x + self.ffn(self.norm2(x))
+        x = self.attn(self.norm1(low), high, residual=low)
+        return self.ffn(self.norm2(x), residual=x)
 
 
 class RCRFG(nn.Module):
@@ -318,7 +331,8 @@ class CRAFTBackbone(DenseBackbone):
                             window_layout(h, w, (a, b), (a // 2, b // 2), device=dev)),
                "layout_v": (window_layout(h, w, (b, a), device=dev),
                             window_layout(h, w, (b, a), (b // 2, a // 2), device=dev))}
-        x = full_precision(self.conv_first, x)  # the long residual stays float32 under autocast
+        # the long residual stays float32 under autocast; channels-last, so the token-major blocks read it in place
+        x = full_precision(self.conv_first, x).contiguous(memory_format=torch.channels_last)
         y = x
         for layer in self.layers:
             y = layer(y, pos)
