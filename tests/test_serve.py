@@ -185,7 +185,7 @@ def browser():
 
 
 @pytest.mark.timeout(120)
-def test_page_upscale_errors_and_generate(server, browser, tmp_path):
+def test_page_upscale_errors_and_generate(browser, server, tmp_path):
     """Upload a Set5 image and a truncated PNG, run cfsr_x4 in tiles: the download equals `pixelforge upscale`,
     the bad file has its own error; then generate 4 VAR samples and download one."""
     if not LR.is_file():

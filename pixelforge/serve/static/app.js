@@ -259,6 +259,7 @@ async function init() {
   $("#checkpoint").addEventListener("change", fillModels);
   for (const radio of document.querySelectorAll("input[name=family]")) radio.addEventListener("change", fillGenerators);
   $("#run").addEventListener("click", runUpscale);
+  $("#clear").addEventListener("click", () => { images.length = 0; $("#file-list").replaceChildren(); });
   $("#generate").addEventListener("click", runGenerate);
   document.body.dataset.ready = "1";
 }
