@@ -162,6 +162,24 @@ def test_upscale_job_outscale_and_pixel_limit(tmp_path):
                                           "(pixelforge serve --max-pixels)")
 
 
+def test_generate_job_dit_equals_command(tmp_path):
+    """DiT sampling through the page's job writes the grid `pixelforge generate` writes (random small weights)."""
+    from pixelforge.serve.jobs import GenerateRequest, Job, run_generate
+
+    torch.manual_seed(0)
+    weights = save_weights(pixelforge.create_model("dit_micro_2"), tmp_path / "dit.safetensors")
+    options = {"precision": "fp32", "task": None, "scheduler": "dpm++", "steps": 3, "guidance": 1.5}
+    job = Job("generate")
+    run_generate(job, GenerateRequest("dit_micro_2", [weights], None, "1,2", 2, 5, "cpu", [tmp_path], options),
+                 tmp_path, lambda path, name: str(path))
+    state = job.snapshot()
+    assert state["state"] == "done" and [i["label"] for i in state["items"]] == [1, 1, 2, 2]
+    assert main(["generate", "--model", "dit_micro_2", "--weights", str(weights), "--classes", "1,2", "-n", "2",
+                 "--seed", "5", "--scheduler", "dpm++", "--steps", "3", "--guidance", "1.5", "--precision", "fp32",
+                 "-o", str(tmp_path / "cli.png")]) == 0
+    assert torch.equal(read_image(state["grid"]).pixels, read_image(tmp_path / "cli.png").pixels)
+
+
 def test_run_tiled_reports_each_tile():
     from pixelforge.infer.tiling import run_tiled
 
