@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ..layers.linear import conv1x1
+
 __all__ = ["UpsampleHead", "RestorationHead", "create_image_head", "IMAGE_HEADS", "UPSAMPLERS"]
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv")
@@ -90,7 +92,7 @@ class RestorationHead(nn.Module):
 
     def forward(self, feat: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """feat (B, C, H, W), image (B, out_chans, H, W) normalised input → (B, out_chans, H, W)."""
-        out = self.conv_last(feat)
+        out = conv1x1(feat, self.conv_last) if self.conv_last.kernel_size == (1, 1) else self.conv_last(feat)
         out = out + image if self.residual else out
         return torch.relu(out) if self.act == "relu" else out
 

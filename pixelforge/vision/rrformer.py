@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..kernels import attention
 from ..layers.init import init_transformer_weights
+from ..layers.linear import conv1x1, linear
 from ..layers.vgg import VGG19Features
 from ..layers.window import (gather_relative_position_bias, merge_heads, pad_to_multiple, relative_position_index,
                              shift_window_mask, split_heads, window_partition, window_reverse)
@@ -184,7 +185,7 @@ class PyramidPooling(nn.Module):
         """(B, C, h, w) → (B, out_chans, h, w)."""
         size = x.shape[-2:]
         priors = [F.interpolate(stage(x), size=size, mode="nearest") for stage in self.stages]
-        return F.leaky_relu(self.bottleneck(torch.cat(priors + [x], dim=1)), 0.2)
+        return F.leaky_relu(conv1x1(torch.cat(priors + [x], dim=1), self.bottleneck), 0.2)
 
 
 class RRFormerBackbone(DenseBackbone):
@@ -240,13 +241,14 @@ class RRFormerBackbone(DenseBackbone):
         conv1 is applied to each part at its own resolution and resized afterwards (exact: both are linear).
         """
         size = x.shape[-2:]
+        x = x.contiguous(memory_format=torch.channels_last)  # channels-last throughout: 1x1 convs are linears
         taps = self.vgg(x)
         weight = self.conv1.weight.flatten(1)
-        out = F.conv2d(x, weight[:, :3, None, None], self.conv1.bias)
+        out = linear(x.permute(0, 2, 3, 1), weight[:, :3].contiguous(), self.conv1.bias).permute(0, 3, 1, 2)
         start = 3
         for tap in taps:
             n = tap.shape[1]
-            y = F.conv2d(tap, weight[:, start:start + n, None, None])
+            y = linear(tap.permute(0, 2, 3, 1), weight[:, start:start + n].contiguous()).permute(0, 3, 1, 2)
             start += n
             if y.shape[-2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
