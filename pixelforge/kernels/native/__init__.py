@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 import platform
-import re
 import shlex
 import shutil
 import subprocess
@@ -39,9 +38,8 @@ _FLAG_SETS = (("-O3", "-march=native", "-mprefer-vector-width=512"), ("-O3", "-m
 # its loops stay scalar on AVX2 (10x slower); the kernel raises no floating-point exceptions anyway
 _FIXED_FLAGS = ("-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared")
 _COMPILE_TIMEOUT_S = 300
-# a temporary file older than this cannot belong to a build still running; names carry the writer's PID
+# a temporary file of an earlier version (no PID in its name) older than this belongs to no running build
 _STALE_S = 2 * _COMPILE_TIMEOUT_S
-_TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]+\.tmp$")
 # the kernel keeps a (dstate × lanes) state tile per work item; larger states take the PyTorch path
 NATIVE_MAX_DSTATE = 256
 
@@ -70,27 +68,18 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by another user
-        return True
-    return True
-
-
 def _clean_stale_temps(folder: Path) -> None:
-    """Remove temporary files a killed writer left in the cache: ``.pf_*.PID-XXXX.tmp`` whose PID is gone (or that
-    are older than any build can take), and the PID-less ``.pf_scan_*.so`` temporaries of older versions."""
-    now = time.time()
-    for path in folder.glob(".pf_*"):
-        m = _TEMP_PID.search(path.name)
+    """Remove what killed builds left in the cache: temporaries whose writer process is gone (named like
+    :func:`pixelforge.data.image_io.atomic_open`'s, which ``remove_stale_temporaries`` recognises), and the PID-less
+    ``.pf_scan_*.so`` temporaries of earlier versions once older than any build can take."""
+    from ...data.image_io import remove_stale_temporaries
+
+    remove_stale_temporaries(folder)
+    for path in folder.glob(".pf_scan_*.so"):
         try:
-            old = now - path.stat().st_mtime > _STALE_S
-            if old or (m is not None and not _pid_running(int(m.group(1)))):
+            if time.time() - path.stat().st_mtime > _STALE_S:
                 path.unlink()
-        except OSError:  # vanished meanwhile (its writer finished, or another process cleaned it)
+        except OSError:  # vanished meanwhile
             continue
 
 
@@ -107,7 +96,8 @@ def _build(cc: str, flags: list[str]) -> Path:
     _clean_stale_temps(out_dir)
     if lib.is_file():
         return lib
-    # the temporary name carries this process's PID, so whoever builds next can tell an orphan from a live build
+    # named as atomic_open names its temporaries (with this process's PID), so the next build tells an orphan from
+    # a live build
     tmp = out_dir / f".{lib.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
         res = subprocess.run([cc, *command, "-o", str(tmp), str(_SOURCE), "-lpthread"], capture_output=True,
