@@ -38,7 +38,10 @@ def _rgb(path, h=20, w=24):
 
 
 def _run(capsys, *argv):
-    rc = main(["upscale", *map(str, argv), "--device", "cpu"])
+    argv = list(map(str, argv))
+    if "--precision" not in argv:  # outputs are compared with fp32 ones; auto's choice depends on the CPU
+        argv += ["--precision", "fp32"]
+    rc = main(["upscale", *argv, "--device", "cpu"])
     out, err = capsys.readouterr()
     return rc, out, err
 
