@@ -16,7 +16,8 @@ both backends a few times (:func:`measure_candidates`, on the call's own inputs,
 and keeps the faster, in memory and in ``<library>.auto.json`` beside the native library in
 ``$PIXELFORGE_HOME/kernels``. The decision is keyed by the library's name (a hash of the kernel source, compiler,
 flags and CPU), torch's version, the number of torch threads, the op and the shape class, so a changed CPU, source
-or torch measures again; other processes read the file instead of measuring.
+or torch measures again; other processes read the file instead of measuring (delete it to measure again, e.g.
+after a measurement on a heavily loaded machine).
 
 Triton is imported lazily, on the first call that wants it, and the native library is built on the first op call
 that wants it, so importing pixelforge touches neither.
