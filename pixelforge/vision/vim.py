@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import selective_scan
+from ..layers.linear import linear
 from ..layers.pos_embed import resample_grid_pos_embed
 from ..zoo import CheckpointError, build_model, load_weights, register_family, register_model
 
@@ -51,15 +52,30 @@ class MambaDirection(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
 
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv as K shifted multiply-adds (no padded copy, no flipped kernel), in x's memory layout:
+        causal y[t] = bias + Σ_k w[k]·x[t-K+1+k]; reverse: anti-causal y[t] = bias + Σ_k w[k]·x[t+K-1-k].
+        x (B, d_inner, L) → (B, d_inner, L)."""
+        w = self.conv1d.weight.flatten(1)  # (d_inner, K)
+        K, L = w.shape[1], x.shape[-1]
+        y = torch.addcmul(self.conv1d.bias[:, None], x, w[:, K - 1:K])
+        for k in range(K - 1):
+            s = K - 1 - k  # the tap's distance from t
+            if s >= L:
+                continue
+            if self.reverse:
+                y[..., :L - s].addcmul_(x[..., s:], w[:, k:k + 1])
+            else:
+                y[..., s:].addcmul_(x[..., :L - s], w[:, k:k + 1])
+        return y
+
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x, z (B, d_inner, L) → (B, d_inner, L)."""
-        k = self.conv1d.kernel_size[0]
-        weight = self.conv1d.weight.flip(-1) if self.reverse else self.conv1d.weight
-        x = F.pad(x, (0, k - 1) if self.reverse else (k - 1, 0))
-        xc = F.silu(F.conv1d(x, weight, self.conv1d.bias, groups=x.shape[1]))
-        x_dbl = F.linear(xc.transpose(1, 2), self.x_proj.weight)  # (B, L, dt_rank + 2N)
+        """x, z (B, d_inner, L) → (B, d_inner, L). Works in the memory layout of the inputs: with x a transposed
+        view of token-major (B, L, d_inner) memory, as the mixer passes it, no step copies."""
+        xc = F.silu(self.conv(x), inplace=True)
+        x_dbl = linear(xc.transpose(1, 2), self.x_proj.weight)  # (B, L, dt_rank + 2N)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias applied in the scan
+        delta = linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias applied in the scan
         return selective_scan(xc, delta, -torch.exp(self.A_log.float()), b.transpose(1, 2), c.transpose(1, 2),
                               self.D.float(), z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                               reverse=self.reverse)
@@ -84,9 +100,9 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(B, L, dim) → (B, L, dim)."""
-        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each: x rows first, then z
+        x, z = linear(h, self.in_proj.weight).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views: x, then z
         y = self.fwd(x, z) + self.bwd(x, z)
-        return self.out_proj(y.transpose(1, 2) / 2)
+        return linear(y.transpose(1, 2) / 2, self.out_proj.weight)
 
 
 class VimLayer(nn.Module):

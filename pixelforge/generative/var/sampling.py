@@ -107,16 +107,18 @@ def sample(var: VAR, vqvae: VQVAE, batch_size: int, labels: torch.Tensor | int |
     size = var.patch_nums[-1]
     f_hat = cond.new_zeros(b, var.Cvae, size, size)
     caches = [KVCache(var.L) for _ in var.blocks] if use_cache else None
+    mods = var.block_modulations(cond)
     inputs = []
     out = VARSample(images=None, labels=labels, tokens=[], f_hat=f_hat)
     for si, pn in enumerate(var.patch_nums):
         ratio = si / max(num_scales - 1, 1)
         if use_cache:
-            h = var.forward_blocks(x, cond, caches=caches)
+            h = var.forward_blocks(x, cond, caches=caches, mods=mods)
         else:
             inputs.append(x)
             end = var.begin_ends[si][1]
-            h = var.forward_blocks(torch.cat(inputs, dim=1), cond, mask=var.attn_mask[:, :end, :end])[:, -pn * pn:]
+            h = var.forward_blocks(torch.cat(inputs, dim=1), cond, mask=var.attn_mask[:, :end, :end],
+                                   mods=mods)[:, -pn * pn:]
         logits = var.get_logits(h, cond)
         t = cfg * ratio
         guided = (1 + t) * logits[:b] - t * logits[b:]

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...kernels import attention
+from ...layers.linear import linear
 from ...zoo import CheckpointError, build_model, load_weights, register_family, register_model
 
 __all__ = ["VAR", "KVCache", "checkpoint_filter_fn", "official_state_dict", "block_causal_mask", "PATCH_NUMS",
@@ -92,7 +93,7 @@ class SelfAttention(nn.Module):
         """x (B, N, C); mask (1, N, Nk) additive; cache: earlier scales' keys/values (then Nk = cached + N)."""
         b, n, c = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, D) each
         if self.attn_l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(_MAX_SCALE_MUL).exp())
@@ -100,15 +101,15 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)
         out = attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), mask=mask, scale=self.scale)
-        return self.proj(out.squeeze(1).transpose(1, 2).reshape(b, n, c))
+        return linear(out.squeeze(1).transpose(1, 2).reshape(b, n, c), self.proj.weight, self.proj.bias)
 
 
 class AdaLNSelfAttnBlock(nn.Module):
     """Pre-norm transformer block modulated by the class condition (AdaLN, no affine LayerNorm).
 
-    ``(γ1, γ2, s1, s2, b1, b2) = Linear(SiLU(cond))`` in that order (or ``ada_gss + shared`` with shared AdaLN), then
-    ``x += γ1·Attn(LN(x)(1+s1)+b1)`` and ``x += γ2·FFN(LN(x)(1+s2)+b2)``; FFN = fc2(GELU_tanh(fc1)).
-    x (B, N, C); cond (B, C), or the shared modulation (B, 1, 6, C).
+    ``(γ1, γ2, s1, s2, b1, b2) = Linear(SiLU(cond))`` in that order (or ``ada_gss + shared`` with shared AdaLN),
+    :meth:`modulation`, then ``x += γ1·Attn(LN(x)(1+s1)+b1)`` and ``x += γ2·FFN(LN(x)(1+s2)+b2)``;
+    FFN = fc2(GELU_tanh(fc1)). x (B, N, C); cond (B, C), or the shared modulation (B, 1, 6, C).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
@@ -124,17 +125,25 @@ class AdaLNSelfAttnBlock(nn.Module):
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None,
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """The block's AdaLN parameters (γ1, γ2, s1, s2, b1, b2) stacked: cond (B, C) or shared (B, 1, 6, C) →
+        (B, 1, 6, C). Constant over a sample: the sampler computes it once, not at every scale."""
+        return self.ada_gss + cond if self.shared_aln else self.ada_lin(cond).view(-1, 1, 6, self.dim)
+
+    def forward(self, x: torch.Tensor, mods: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
-        if self.shared_aln:
-            mods = self.ada_gss + cond
-        else:
-            mods = self.ada_lin(cond).view(-1, 1, 6, self.dim)
+        """x (B, N, C), mods (B, 1, 6, C) from :meth:`modulation`, mask (1, N, Nk) → (B, N, C)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mods.unbind(2)
         h = self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1)
-        x = x + self.drop_path(self.attn(h, mask, cache).mul_(gamma1))
+        if self.training:
+            x = x + self.drop_path(self.attn(h, mask, cache).mul_(gamma1))
+            h = self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2)
+            return x + self.drop_path(self.ffn(h).mul(gamma2))
+        x = torch.addcmul(x, self.attn(h, mask, cache), gamma1)
         h = self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2)
-        return x + self.drop_path(self.ffn(h).mul(gamma2))
+        ffn = self.ffn
+        h = F.gelu(linear(h, ffn.fc1.weight, ffn.fc1.bias), approximate="tanh")
+        return torch.addcmul(x, linear(h, ffn.fc2.weight, ffn.fc2.bias), gamma2)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -254,22 +263,29 @@ class VAR(nn.Module):
         begin, end = self.begin_ends[si]
         return self.word_embed(x) + self.level_pos()[:, begin:end]
 
+    def block_modulations(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's AdaLN parameters for condition cond (B, C): one (B, 1, 6, C) per block."""
+        shared = self.shared_ada_lin(cond).view(-1, 1, 6, self.embed_dim) if self.shared_aln else cond
+        return [blk.modulation(shared) for blk in self.blocks]
+
     def forward_blocks(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None,
-                       caches: Sequence[KVCache] | None = None) -> torch.Tensor:
-        """Run the blocks: x (B, N, C), cond (B, C), mask (1, N, Nk) → (B, N, C)."""
-        mods = self.shared_ada_lin(cond).view(-1, 1, 6, self.embed_dim) if self.shared_aln else cond
+                       caches: Sequence[KVCache] | None = None, mods: Sequence[torch.Tensor] | None = None
+                       ) -> torch.Tensor:
+        """Run the blocks: x (B, N, C), cond (B, C), mask (1, N, Nk) → (B, N, C). ``mods``: the
+        :meth:`block_modulations` of ``cond`` when already computed (sampling reuses them at every scale)."""
+        mods = self.block_modulations(cond) if mods is None else mods
         for i, blk in enumerate(self.blocks):
             if caches is not None:
-                x = blk(x, mods, mask, caches[i])
+                x = blk(x, mods[i], mask, caches[i])
             elif self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, mods, mask, use_reentrant=False)
+                x = checkpoint(blk, x, mods[i], mask, use_reentrant=False)
             else:
-                x = blk(x, mods, mask)
+                x = blk(x, mods[i], mask)
         return x
 
     def get_logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, N, C) and cond (B, C) → logits (B, N, V) float32."""
-        return self.head(self.head_nm(h.float(), cond).float()).float()
+        return linear(self.head_nm(h.float(), cond).float(), self.head.weight, self.head.bias).float()
 
     def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replace each label by the null class with probability ``cond_drop_rate`` (training only)."""
