@@ -1,4 +1,4 @@
-"""Dereflection models: the dense SR backbones (CFSR, HAT-S, CRAFT) with the same-size restoration head.
+"""Dereflection models: the dense SR backbones (CFSR, HAT-S, CRAFT, MambaIR) with the same-size restoration head.
 
 Each is the family's registered model built with ``head="restore"`` (output = input + conv3x3(features), DIV2K mean
 shift), so every backbone option of the family still applies (``create_model("hat_s_dereflect", depths=(2, 2))``).
@@ -34,6 +34,7 @@ default_cfgs = {
     "cfsr_dereflect": _cfg(license="mit"),
     "hat_s_dereflect": _cfg(license="apache-2.0"),
     "craft_dereflect": _cfg(license="apache-2.0"),
+    "mambair_dereflect": _cfg(license="apache-2.0"),
 }
 
 
@@ -53,3 +54,10 @@ def hat_s_dereflect(pretrained: bool = False, **kwargs) -> DenseImageModel:
 def craft_dereflect(pretrained: bool = False, **kwargs) -> DenseImageModel:
     """CRAFT body (C 48, 4 groups x 2, windows 4x16 / 16x4) + restoration head."""
     return _create_dereflect("craft_dereflect", "craft_x2", pretrained, **kwargs)
+
+
+@register_model
+def mambair_dereflect(pretrained: bool = False, **kwargs) -> DenseImageModel:
+    """MambaIR body as the official restoration models (C 180, 6 groups x 6 RSSBs, N 16, expansion 1.2: the layout
+    of the released colour-denoising checkpoints) + restoration head."""
+    return _create_dereflect("mambair_dereflect", "mambair_x2", pretrained, **{"mlp_ratio": 1.2, **kwargs})

@@ -12,14 +12,21 @@ conv with a residual. Faithful to the official code (csguoh/MambaIR, ``basicsr/a
   depthwise 3x3 dilated by 2, channel attention), the others HAT's CAB (compress 3); squeeze factor 30 in both;
 - ``mlp_ratio`` is the SS2D expansion (d_inner = int(mlp_ratio·C)); there is no MLP.
 
-All four directions run in **one** call of the shared :func:`pixelforge.kernels.selective_scan`: the row- and
-column-major sequences and their reversals are stacked along the channel axis (4·d_inner channels, B and C in 4
-groups), so the CPU paths of the shared op see one wide call per block. The released checkpoints (BasicSR
-``params``) load through :func:`pixelforge.load_official`; the official forward is reproduced within 2e-4 (test).
+The four directions run in two calls of the shared :func:`pixelforge.kernels.selective_scan` per block: the row-
+and column-major sequences are stacked on the channel axis (2·d_inner channels, B and C in 2 groups) and scanned
+left to right, then right to left (``reverse=True``) with the reversed directions' parameters, so no flipped copy is
+made. Measured faster than one call over four stacked directions with flips (1 thread, AMD EPYC Zen 5, CPU time):
+inference of the light SS2D scan at 64² 13.6 vs 15.1 ms, of the MambaIR one 68 vs 99 ms; forward + backward of the
+light one on the PyTorch path 236 vs 257 ms. The released checkpoints (BasicSR ``params``) load through
+:func:`pixelforge.load_official`; the official forward is reproduced within 2e-4 (tests/test_mambair.py).
 
 Tiled inference: a scan carries state across the whole image (row-major order even wraps from the end of one row to
-the start of the next), so tiles are never exactly seamless; ``MambaIRBackbone.tile_overlap`` = 32 input pixels keeps
-tiled output within 1/255 of whole-image output on random-weight models (measured, see the attribute).
+the start of the next), so no overlap makes tiles exactly seamless. ``MambaIRBackbone.tile_overlap`` = 32 input
+pixels keeps tiled output within 1/255 of whole-image output for the official random init (24 px suffice there).
+A random network with every parameter perturbed (tools/bench_sr.py ``_perturb``, output spread like an image) does
+not converge with the overlap: tile 64, overlap 8/16/32 → 30/22/22 /255 (light x4), 30/8.5/9.5 /255 (x4), its slowest
+channels remembering further than any overlap. Trained weights may sit anywhere between; whole-image inference is
+exact.
 """
 from __future__ import annotations
 
@@ -80,19 +87,23 @@ class SS2D(nn.Module):
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of the four directional scans of x (B, d_inner, H, W) → (B, d_inner, H, W).
 
-        One shared-op call: u = [row-major, column-major, both reversed] stacked on channels (B, 4·d_inner, L),
-        B/C per direction as 4 groups; the reversed outputs are flipped back and the column-major ones transposed.
+        The row- and column-major sequences are stacked on channels, u (B, 2·d_inner, L), and scanned twice by the
+        shared op: left to right with the parameters of directions 0, 1 and right to left (``reverse=True``) with
+        those of directions 2, 3 (the official flipped sequences, without flipped copies); B and C are 2 groups.
         """
         b, d, h, w = x.shape
+        k, c = _DIRECTIONS, self.x_proj_weight.shape[1]
         seq = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)  # (B, 2, d, L)
-        xs = torch.cat([seq, seq.flip(-1)], dim=1)  # (B, 4, d, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, bs, cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        y = selective_scan(xs.flatten(1, 2), dts.flatten(1, 2), -torch.exp(self.A_logs.float()), bs, cs,
-                           self.Ds.float(), delta_bias=self.dt_projs_bias.float().flatten(), delta_softplus=True)
-        y = y.view(b, _DIRECTIONS, d, h * w)
-        y = y[:, :2] + y[:, 2:].flip(-1)  # (B, 2, d, L): each order plus its reversal, back in forward order
+        # x_dbl[:, r, j]: (dt | B | C) of order j (row/column-major) scanned forward (r = 0) or reversed (r = 1)
+        x_dbl = torch.einsum("bjdl,rjcd->brjcl", seq, self.x_proj_weight.view(2, k // 2, c, d))
+        dts, bs, cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=3)
+        dts = torch.einsum("brjql,rjdq->brjdl", dts, self.dt_projs_weight.view(2, k // 2, d, self.dt_rank))
+        u = seq.flatten(1, 2)
+        A = -torch.exp(self.A_logs.float()).view(2, 2 * d, self.d_state)
+        D, bias = self.Ds.float().view(2, 2 * d), self.dt_projs_bias.float().view(2, 2 * d)
+        y = sum(selective_scan(u, dts[:, r].flatten(1, 2), A[r], bs[:, r], cs[:, r], D[r], delta_bias=bias[r],
+                               delta_softplus=True, reverse=bool(r)) for r in range(2))
+        y = y.view(b, 2, d, h * w)
         return y[:, 0].view(b, d, h, w) + y[:, 1].view(b, d, w, h).transpose(2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,9 +194,8 @@ class MambaIRBackbone(DenseBackbone):
     Shapes: forward_features (B, in_chans, H, W) → (B, embed_dim, H, W); any H, W (no windows, no padding).
     """
 
-    # Tiled vs whole-image output (run_tiled, tile 64, 128x128 random input, x4, random weights with every parameter
-    # perturbed by 2 % of its spread, so the output is far from constant): max |diff| 1/255 · {overlap 8: 3.3,
-    # 16: 1.1, 24: 0.37, 32: 0.17, 48: 0.02}; the official init alone: 0.3/255 at 8 px already.
+    # Measured (run_tiled, tile 64, Set14 LR crop 128x128, x4, fp32): official random init, max |tiled - whole|
+    # 1/255 · {overlap 8: 7.8, 16: 0.29, 24: 0.03, 32: 0.03} (light). See the module docstring for the limits.
     tile_overlap = 32
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 180, depths: tuple[int, ...] = (6,) * 6,
