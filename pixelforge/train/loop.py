@@ -26,7 +26,9 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.image_io import remove_stale_temporaries
 from ..zoo import save_weights
+from .state import adopt_checkpoint, find_checkpoint, load_training_state, save_training_state, truncate_metrics
 
 __all__ = ["TrainTask", "train", "resolve_task"]
 
@@ -173,7 +175,8 @@ def _atomic_json_line(path: Path, record: dict) -> None:
 def train(cfg: dict) -> Path:
     """Run (or resume) the training described by ``cfg``; returns the output directory.
 
-    Writes ``metrics.jsonl``, ``checkpoints/last`` (exact resume: model, optimiser, scheduler, EMA, RNG, step),
+    Writes ``metrics.jsonl``, ``checkpoints/last`` (exact resume: model, optimiser, scheduler, EMA, RNG, step; read
+    back without unpickling objects, from the newest complete checkpoint, see :mod:`pixelforge.train.state`),
     ``config.yaml`` and the final ``model.safetensors`` (EMA weights when EMA is on).
     """
     from accelerate import Accelerator
@@ -195,6 +198,7 @@ def train(cfg: dict) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        remove_stale_temporaries(out)
     if precision.reason != "requested":
         accelerator.print(f"train: {precision}")
     batch_size = int(tcfg.get("batch_size", 16))
@@ -207,27 +211,34 @@ def train(cfg: dict) -> Path:
     scheduler = _build_scheduler(optimizer, cfg.get("scheduler", {}), total)
     model, optimizer = accelerator.prepare(model, optimizer)
     counter = _Counter()
-    accelerator.register_for_checkpointing(scheduler, counter)
     ema = None
     if tcfg.get("ema_decay"):
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=float(tcfg["ema_decay"]),
                          use_warmup=bool(tcfg.get("ema_warmup", True)))
-        accelerator.register_for_checkpointing(ema)
+    plain = {"scheduler": scheduler, "counter": counter}  # checkpointed with the model, optimiser and EMA
+    if accelerator.scaler is not None:
+        plain["scaler"] = accelerator.scaler
 
-    ckpt_dir = out / "checkpoints" / "last"
-    if tcfg.get("resume", True) and ckpt_dir.is_dir():
-        accelerator.load_state(str(ckpt_dir))
-        accelerator.print(f"resumed from {ckpt_dir} at step {counter.step}")
+    ckpt_root = out / "checkpoints"
+    ckpt_dir = ckpt_root / "last"
+    found = find_checkpoint(ckpt_root) if tcfg.get("resume", True) else None
+    if found is not None:  # the newest complete one: a crash between the renames below leaves it in tmp or old
+        load_training_state(found, accelerator, model, optimizer, ema, plain)
+        accelerator.wait_for_everyone()
+        if main:
+            adopt_checkpoint(ckpt_root, found)
+            truncate_metrics(out / "metrics.jsonl", counter.step)  # the steps after it are logged again
+        accelerator.wait_for_everyone()
+        accelerator.print(f"resumed from {found} at step {counter.step}")
 
     def save_checkpoint() -> None:
-        tmp = out / "checkpoints" / "tmp"
+        tmp = ckpt_root / "tmp"
         if main and tmp.exists():
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
+        save_training_state(tmp, accelerator, model, optimizer, ema, plain, counter.step)
         if main:
-            old = out / "checkpoints" / "old"
+            old = ckpt_root / "old"
             if ckpt_dir.exists():
                 ckpt_dir.rename(old)
             tmp.rename(ckpt_dir)
