@@ -180,6 +180,7 @@ def train(cfg: dict) -> Path:
     ``config.yaml`` and the final ``model.safetensors`` (EMA weights when EMA is on).
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import send_to_device, set_seed
     from timm.optim import create_optimizer_v2
     from timm.utils import ModelEmaV3
@@ -193,6 +194,8 @@ def train(cfg: dict) -> Path:
     model = task.build_model(cfg)
     train_ds, val_ds = task.build_datasets(cfg)
     precision = _mixed_precision(tcfg, task, model, train_ds, seed, cpu, str(cfg.get("model", {}).get("name", "")))
+    # each run picks its own precision; accelerate's state (a process-wide singleton) would refuse a second one
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="no" if precision.precision == "fp32" else precision.precision, cpu=cpu)
     main = accelerator.is_main_process
     if main:
