@@ -125,11 +125,32 @@ def test_int8_quantizes_the_linear_layers_it_can():
     torch.manual_seed(0)
     model, probe = DirectWeight().eval(), torch.randn(32, 16)
     quantized, choice = P.prepare_model(model, "int8", "cpu", "m", probe=probe, output="logits")
-    assert quantized.int8_layers == 1 and type(quantized.fc).__name__ == "Linear" and quantized.fc is not model.fc
-    assert type(quantized.qkv) is nn.Linear  # left in float: its weight is read directly
+    assert quantized.int8_layers == 1  # fc; qkv's weight is read directly by F.linear and stays float
     assert choice.precision == "int8" and choice.quality >= P.QUALITY_BOUNDS["logits"] and choice.warning is None
-    torch.testing.assert_close(quantized(probe), model(probe), atol=0.05, rtol=0)
-    assert isinstance(model.fc, nn.Linear) and not hasattr(model, "int8_layers")  # the original is untouched
+    out = quantized(probe)
+    assert not torch.equal(out, model(probe))
+    torch.testing.assert_close(out, model(probe), atol=0.05, rtol=0)
+    assert not hasattr(model, "int8_layers") and model.fc.forward.__func__ is nn.Linear.forward  # original untouched
+
+
+def test_int8_is_torch_ao_dynamic_quantization_on_every_path():
+    """The layer called, its weight through layers.linear (the fused inference paths), and torch.ao's
+    quantize_dynamic give the same int8 result."""
+    from torch.ao.quantization import quantize_dynamic
+
+    from pixelforge.layers.linear import linear, linear_add
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(24, 40)).eval(), torch.randn(3, 5, 24)
+    reference = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)(x)
+    quantized = P.quantize_int8(model)
+    fc = quantized[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(fc(x), reference, atol=0, rtol=0)
+        torch.testing.assert_close(linear(x, fc.weight, fc.bias), reference, atol=0, rtol=0)
+        torch.testing.assert_close(linear(x, fc.weight, fc.bias, "gelu"), F.gelu(reference), atol=0, rtol=0)
+        torch.testing.assert_close(linear_add(x, fc.weight, fc.bias, x[..., :1]), reference + x[..., :1])
+        assert not torch.equal(linear(x, model[0].weight, model[0].bias), reference)  # the original stays float
 
 
 def test_int8_says_when_it_costs_accuracy_or_does_nothing(capsys):

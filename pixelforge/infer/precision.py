@@ -332,34 +332,27 @@ def choose_training_precision(model: nn.Module, batch, step: Callable[[nn.Module
 
 
 def quantize_int8(model: nn.Module, run: Callable[[nn.Module], object] | None = None) -> nn.Module:
-    """A copy of ``model`` with its ``nn.Linear`` layers dynamically quantized to int8 (CPU only; weights int8 per
-    tensor, activations quantized per batch). Convolutions stay fp32.
+    """A copy of ``model`` whose ``nn.Linear`` layers run dynamically quantized int8 (CPU only; weights int8 per
+    tensor, activations quantized per call: the kernel and observer of torch.ao's ``quantize_dynamic``), whether the
+    model calls the layer or passes its weight to :mod:`pixelforge.layers.linear` (the fused inference paths).
+    Convolutions stay fp32.
 
-    ``run(model)`` (a probe forward) restricts quantization to the Linear modules it calls: a layer whose weight
-    the model reads directly (``F.linear(x, self.qkv.weight, ...)``) has no float weight once quantized.
+    ``int8_layers`` on the copy counts the layers that ran int8 in ``run(copy)`` (a probe forward), or all of them
+    without ``run``; a weight read in other ways (``F.linear(x, self.qkv.weight)``) stays float there.
     """
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    import copy
 
-    linears = {name for name, m in model.named_modules() if type(m) is nn.Linear}
-    if run is not None:
-        called, hooks = set(), []
-        for name, m in model.named_modules():
-            if name in linears:
-                hooks.append(m.register_forward_hook(lambda mod, args, out, name=name: called.add(name)))
-        try:
-            with torch.inference_mode():
-                run(model)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        linears &= called
+    from ..layers.linear import int8_used, quantize_linears_int8
+
+    quantized = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's deprecation notice of quantized tensors
-        quantized = quantize_dynamic(model, {name: default_dynamic_qconfig for name in linears}, dtype=torch.qint8)
-    quantized.int8_layers = len(linears)
-    for attr in ("upscale", "spatial_multiple", "tile_overlap", "in_chans"):
-        if hasattr(model, attr) and not hasattr(quantized, attr):
-            setattr(quantized, attr, getattr(model, attr))
+        layers = quantize_linears_int8(quantized)
+    if run is not None:
+        with torch.inference_mode():
+            run(quantized)
+        layers = [m for m in layers if int8_used(m.weight)]
+    quantized.int8_layers = len(layers)
     return quantized
 
 

@@ -7,17 +7,24 @@ add into the product, saving a pass over the output. It is used only where it co
 tensors, no autocast, no autograd (grad mode off or nothing requiring a gradient), not tracing (ONNX export);
 everything else takes the plain PyTorch ops, so training is unchanged. ``PIXELFORGE_ONEDNN=0`` switches it off (A/B
 measurements).
+
+``--precision int8`` (:func:`quantize_linears_int8`) registers int8 weights here: the layers' own calls and these
+functions then run ``torch.ops.quantized.linear_dynamic``, the kernel of torch.ao's ``quantize_dynamic``.
 """
 from __future__ import annotations
 
 import math
 import os
 import platform
+import types
+import weakref
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["linear", "linear_add", "conv1x1", "mlp_residual", "onednn_linear_available"]
+__all__ = ["linear", "linear_add", "conv1x1", "mlp_residual", "onednn_linear_available", "quantize_linears_int8",
+           "int8_used"]
 
 
 def _available() -> bool:
@@ -49,6 +56,49 @@ if _ONEDNN:
 _ACTS = {None: lambda t: t, "gelu": F.gelu, "relu": F.relu}
 
 
+# id of an nn.Linear's float weight → [weak reference to it, packed int8 weight and bias, used since registration];
+# keyed by id (a tensor's == is elementwise, so tensors cannot key a WeakKeyDictionary), dropped with the weight
+_INT8: dict[int, list] = {}
+
+
+def quantize_linears_int8(model: nn.Module) -> list[nn.Linear]:
+    """Dynamic int8 for every ``nn.Linear`` of ``model``, in place: the weight quantized per tensor with torch.ao's
+    default dynamic-quantization observer (symmetric) and packed for ``torch.ops.quantized.linear_dynamic``, which
+    quantizes the activations per call. Calling the layer, or :func:`linear` / :func:`linear_add` /
+    :func:`mlp_residual` with its weight, then runs int8 (CPU inference). Returns the layers."""
+    from torch.ao.quantization.observer import default_weight_observer
+
+    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    for m in layers:
+        observer = default_weight_observer()
+        observer(m.weight.detach())
+        scale, zero_point = observer.calculate_qparams()
+        qweight = torch.quantize_per_tensor(m.weight.detach().float(), float(scale), int(zero_point), torch.qint8)
+        bias = None if m.bias is None else m.bias.detach().float()
+        key = id(m.weight)
+        _INT8[key] = [weakref.ref(m.weight, lambda _, key=key: _INT8.pop(key, None)),
+                      torch.ops.quantized.linear_prepack(qweight, bias), False]
+        m.forward = types.MethodType(lambda self, x: linear(x, self.weight, self.bias), m)
+    return layers
+
+
+def int8_used(weight: torch.Tensor) -> bool:
+    """Whether an int8-registered weight (:func:`quantize_linears_int8`) has run int8 since registration."""
+    entry = _INT8.get(id(weight))
+    return entry is not None and entry[0]() is weight and entry[2]
+
+
+def _int8(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """x · weightᵀ + bias in int8 when ``weight`` is registered (CPU, no autograd), else None."""
+    entry = _INT8.get(id(weight)) if _INT8 else None
+    if entry is None or entry[0]() is not weight or x.device.type != "cpu":
+        return None
+    if torch.is_grad_enabled() and x.requires_grad:
+        return None
+    entry[2] = True
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), entry[1], True)
+
+
 def onednn_linear_available() -> bool:
     """Whether the oneDNN path is built into this PyTorch, on an x86 CPU, and not switched off."""
     return _ONEDNN
@@ -70,6 +120,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     erf) or "relu"."""
     if act not in _ACTS:
         raise ValueError(f"unknown activation '{act}'; choose from {list(_ACTS)}")
+    if (out := _int8(x, weight)) is not None:
+        return _ACTS[act](out)
     if _use_onednn(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act or "none", [], "none" if act else "")
     return _ACTS[act](F.linear(x, weight, bias))
@@ -77,6 +129,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
     """x · weightᵀ + bias + other (a residual of the output's shape): x (…, in) → (…, out)."""
+    if (out := _int8(x, weight)) is not None:
+        return out + other
     if _use_onednn(x, weight, bias, other) and other.is_contiguous() and other.dtype == x.dtype:
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "add")
     return F.linear(x, weight, bias) + other
