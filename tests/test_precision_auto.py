@@ -232,3 +232,15 @@ def test_training_auto_measures_a_step_and_leaves_no_trace(tmp_path, bf16_cpu):
     assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight)) and model[3].weight.grad is None
     cached = P.choose_training_precision(model, batch, step, "mlp", "cpu", timer=_no_timer, cache=tmp_path / "c.json")
     assert cached.precision == "bf16" and cached.reason.endswith("cached")
+
+
+def test_a_damaged_cache_is_measured_again(tmp_path, bf16_cpu):
+    cache = tmp_path / "cache.json"
+    cache.write_text("{not json")
+    timer, calls = _fake_timer({"fp32": 2.0, "bf16": 1.0})
+    model, probe = Conv1x1(torch.eye(3) * 0.5, 0.25), P.probe_input(3, 16)
+    assert P.choose_precision(model, probe, "m", "cpu", timer=timer, cache=cache).precision == "bf16"
+    key, = json.loads(cache.read_text())
+    cache.write_text(json.dumps({key: {"precision": "bf16"}}))  # an entry of another layout
+    assert P.choose_precision(model, probe, "m", "cpu", timer=timer, cache=cache).precision == "bf16"
+    assert len(calls) == 12  # measured twice

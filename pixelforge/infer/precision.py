@@ -230,8 +230,10 @@ def _measured_choice(model: nn.Module, name: str, device: torch.device, run: Cal
     path = pixelforge_home() / "precision.json" if cache == "default" else (Path(cache) if cache else None)
     key = " | ".join([_device_signature(device), name, _fingerprint(model), f"torch {torch.__version__}",
                       f"threads {torch.get_num_threads()}"])
-    if path is not None and key in (cached := _load_cache(path)):
-        return PrecisionChoice(**{**cached[key], "reason": cached[key]["reason"] + ", cached"})
+    entry = _load_cache(path).get(key) if path is not None else None
+    if isinstance(entry, dict) and {"precision", "reason"} <= entry.keys():
+        fields = {k: v for k, v in entry.items() if k in PrecisionChoice.__dataclass_fields__}
+        return PrecisionChoice(**{**fields, "reason": entry["reason"] + ", cached"})
     timer = timer or _wall_timer
 
     def synced(precision: str) -> torch.Tensor:
