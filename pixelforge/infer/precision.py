@@ -6,13 +6,13 @@ model at hand, fp32 elsewhere. The decision (:func:`choose_precision`) is made b
 1. capability: bf16 is a candidate on CUDA devices that support it, and on CPUs with native bf16 arithmetic
    (x86 ``avx512_bf16`` / ``amx_bf16``, ARM ``bf16``); AVX2-only CPUs emulate bf16 and are never candidates;
 2. speed: a one-off timing of the model's forward on a small probe (a crop of the bundled sample photo), fp32 and
-   bf16 alternated, median of three, in process CPU time (wall time on CUDA); bf16 must be at least
+   bf16 alternated, median of three, on one thread in CPU time (wall time on CUDA); bf16 must be at least
    :data:`MIN_SPEEDUP` times faster;
 3. accuracy: the bf16 output of that probe against the fp32 one: PSNR ≥ 50 dB for images (≈ ≤ 0.05 dB PSNR change
    on a benchmark), top-1 agreement ≥ 99 % for logits.
 
-The result is cached in ``$PIXELFORGE_HOME/precision.json`` per device signature, model, weights fingerprint, torch
-version and thread count, so the measurement runs once per machine and model. Training (``train.mixed_precision:
+The result is cached in ``$PIXELFORGE_HOME/precision.json`` per device signature, model, weights fingerprint and torch
+version, so the measurement runs once per machine and model. Training (``train.mixed_precision:
 auto``, :func:`choose_training_precision`) decides the same way on one training step of the first batch, with the
 gradient's cosine similarity to fp32 as the accuracy check.
 """
@@ -207,8 +207,9 @@ def _quality_text(quality: float, output: str) -> str:
 
 
 def _timer(device: torch.device) -> Timer:
-    """Process CPU time on the CPU (all threads; steadier than wall time on a shared machine), wall time on CUDA."""
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    """CPU time of the calling thread on the CPU (the probe runs on one thread: steady on a shared machine, where
+    wall time and the CPU time of several threads, spin-waits included, are not), wall time on CUDA."""
+    clock = time.thread_time if device.type == "cpu" else time.perf_counter
 
     def timer(precision: str, fn: Callable[[], object]) -> float:
         start = clock()
@@ -234,8 +235,7 @@ def _measured_choice(model: nn.Module, name: str, device: torch.device, run: Cal
     if not capable:
         return PrecisionChoice("auto", "fp32", why)
     path = pixelforge_home() / "precision.json" if cache == "default" else (Path(cache) if cache else None)
-    key = " | ".join([_device_signature(device), name, _fingerprint(model), f"torch {torch.__version__}",
-                      f"threads {torch.get_num_threads()}"])
+    key = " | ".join([_device_signature(device), name, _fingerprint(model), f"torch {torch.__version__}"])
     entry = _load_cache(path).get(key) if path is not None else None
     if isinstance(entry, dict) and {"precision", "reason"} <= entry.keys():
         fields = {k: v for k, v in entry.items() if k in PrecisionChoice.__dataclass_fields__}
@@ -248,11 +248,17 @@ def _measured_choice(model: nn.Module, name: str, device: torch.device, run: Cal
             torch.cuda.synchronize(device)
         return out
 
-    ref, low = synced("fp32"), synced("bf16")  # also the warm-up
-    times = {"fp32": [], "bf16": []}
-    for _ in range(3):
-        for precision in times:
-            times[precision].append(timer(precision, lambda p=precision: synced(p)))
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        ref, low = synced("fp32"), synced("bf16")  # also the warm-up
+        times = {"fp32": [], "bf16": []}
+        for _ in range(3):
+            for precision in times:
+                times[precision].append(timer(precision, lambda p=precision: synced(p)))
+    finally:
+        torch.set_num_threads(threads)
     speedup = statistics.median(times["fp32"]) / max(statistics.median(times["bf16"]), 1e-12)
     quality = output_quality(ref, low, output)
     measured = f"measured {speedup:.2f}x faster, {_quality_text(quality, output)}"
@@ -285,10 +291,11 @@ def choose_precision(model: nn.Module, probe: torch.Tensor, name: str, device: t
 
     Args:
         model: the model in eval mode on ``device``; probe: its input (B, C, h, w), small (e.g. 64²).
-        name: the model's name, part of the cache key (with the device, weights fingerprint, torch, threads).
+        name: the model's name, part of the cache key (with the device, weights fingerprint and torch version).
         output: ``image`` (PSNR bound) or ``logits`` (top-1 agreement bound), see :data:`QUALITY_BOUNDS`.
         timer: ``timer(precision, fn) -> seconds`` runs ``fn`` (one forward) and returns its cost; injectable so
-            tests check the choice without timing. Default: process CPU time (CPU), wall time (CUDA).
+            tests check the choice without timing. Default: thread CPU time at one thread (CPU), wall time
+            (CUDA).
         cache: a JSON file of past decisions; "default": ``$PIXELFORGE_HOME/precision.json``; None: no cache.
         forward: ``forward(model, x)``, default ``model(x)``.
     """
