@@ -6,8 +6,9 @@ quantization of the Linear layers, and the ONNX Runtime backend.
 Models: the bundled ``cfsr_x4`` and the released CFSR x4 weights (``../shared/parity/cfsr_official_x4``) on Set5 x4
 (Y-PSNR, crop 4), and the bundled ``cct_2_3x2_32`` on the 10,000 CIFAR-10 test images (top-1). Speed: a 64² input
 for SR (the ONNX graph is exported at tile 64), a batch of 32 for CCT; CPU time on one thread, wall time on more, the
-modes alternated in one process, median of ``--repeats``. Quality: fp32 / bf16 / int8 on whole Set5 images; the ONNX Runtime row is compared with
-fp32 eager run through the same 64-pixel tiling, so its delta isolates the backend. Bounds: ≤ 0.05 dB, ≤ 0.5 points.
+modes alternated in one process, median of ``--repeats``. Quality: fp32 / bf16 / int8 on whole Set5 images; the ONNX
+Runtime row is compared with fp32 eager run through the same 64-pixel tiling, so its delta isolates the backend.
+Bounds: ≤ 0.05 dB, ≤ 0.5 points.
 """
 from __future__ import annotations
 
