@@ -1,4 +1,4 @@
-"""CPU benchmark of the SR models CFSR x4, HAT-S x4 and CRAFT x4: speed, peak memory, bf16 accuracy.
+"""CPU benchmark of the SR models CFSR x4, HAT-S x4, CRAFT x4 (and MambaIR x4 / light x4): speed, memory, bf16.
 
 What it measures (each section can be selected with ``--sections``):
 - ``speed``: forward time (median of ``--repeats``) and peak activation memory at each ``--sizes`` input, for
@@ -6,6 +6,8 @@ What it measures (each section can be selected with ``--sections``):
   PyTorch (explicit q·kᵀ, + bias + mask, softmax, ·v; the window partition is the models' own). The swap is a
   patch of the ``attention`` name in ``pixelforge.vision.hat`` / ``pixelforge.vision.craft`` for the duration of
   the measurement, inside this process only. CFSR has no attention; its baseline is its unmerged training form.
+  MambaIR has no attention either; its baseline runs the shared selective scan on its PyTorch path
+  (``use_backend("torch")``) instead of the native CPU kernel.
   fp32 and bf16 (``torch.autocast``: matmuls/convs in bf16, LayerNorm/softmax statistics and the fp32 residual
   stream kept in fp32).
 - ``tiled``: a 1920x1080 input through :func:`pixelforge.infer.tiling.run_tiled` (``--tile``, ``--overlap``).
@@ -42,10 +44,12 @@ sys.path.insert(0, str(REPO))
 import pixelforge  # noqa: E402
 from bench_common import median_time  # noqa: E402
 from pixelforge.infer.tiling import run_tiled, tile_starts  # noqa: E402
+from pixelforge.kernels import use_backend  # noqa: E402
 from pixelforge.vision import craft as craft_mod  # noqa: E402
 from pixelforge.vision import hat as hat_mod  # noqa: E402
 
-MODELS = ("cfsr_x4", "hat_s_x4", "craft_x4")
+MODELS = ("cfsr_x4", "hat_s_x4", "craft_x4", "mambair_x4", "mambair_light_x4")
+DEFAULT_MODELS = MODELS[:3]
 GiB, MiB = 2 ** 30, 2 ** 20
 
 
@@ -58,6 +62,11 @@ def explicit_attention(q, k, v, *, bias=None, mask=None, scale=None):
     if mask is not None:
         attn = attn + mask.to(attn.dtype).unsqueeze(1)
     return attn.softmax(dim=-1) @ v
+
+
+def baseline_ctx(name: str):
+    """The baseline's swap for model ``name``: the PyTorch scan path for MambaIR, explicit attention otherwise."""
+    return use_backend("torch") if name.startswith("mambair") else baseline_attention()
 
 
 @contextlib.contextmanager
@@ -137,7 +146,7 @@ def param_bytes(model: torch.nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------------------- speed
 def bench_speed(models, sizes, repeats, memory: bool) -> None:
     print("\n## Forward time (median) and peak activation memory, CPU, batch 1")
-    print(f"{'model':10} {'input':>8} {'variant':>14} {'fp32 ms':>9} {'bf16 ms':>9} {'fp32 MiB':>9} "
+    print(f"{'model':16} {'input':>8} {'variant':>14} {'fp32 ms':>9} {'bf16 ms':>9} {'fp32 MiB':>9} "
           f"{'bf16 MiB':>9}")
     for name in models:
         ours, base = build(name), build(name, baseline=True)
@@ -145,19 +154,19 @@ def bench_speed(models, sizes, repeats, memory: bool) -> None:
             x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
             res = {}
             for variant, model in (("pixelforge", ours), ("baseline", base)):
-                swap = baseline_attention if variant == "baseline" else contextlib.nullcontext
+                swap = (lambda: baseline_ctx(name)) if variant == "baseline" else contextlib.nullcontext
                 for prec in ("fp32", "bf16"):
                     def run():
                         with torch.inference_mode(), precision_ctx(prec), swap():
                             model(x)
                     res[variant, prec, "t"] = median_time(run, repeats, CLOCK)
                     res[variant, prec, "m"] = peak_bytes(run) if memory else float("nan")
-                print(f"{name:10} {size:>4}x{size:<3} {variant:>14} {res[variant, 'fp32', 't'] * 1e3:9.1f} "
+                print(f"{name:16} {size:>4}x{size:<3} {variant:>14} {res[variant, 'fp32', 't'] * 1e3:9.1f} "
                       f"{res[variant, 'bf16', 't'] * 1e3:9.1f} {res[variant, 'fp32', 'm'] / MiB:9.1f} "
                       f"{res[variant, 'bf16', 'm'] / MiB:9.1f}", flush=True)
             b32, o32, o16 = (res["baseline", "fp32", "t"], res["pixelforge", "fp32", "t"],
                              res["pixelforge", "bf16", "t"])
-            print(f"{'':10} {'':8} {'ratios':>14}  fp32 speed-up vs baseline {b32 / o32:.2f}x, "
+            print(f"{'':16} {'':8} {'ratios':>14}  fp32 speed-up vs baseline {b32 / o32:.2f}x, "
                   f"bf16 vs fp32 baseline {b32 / o16:.2f}x, bf16 vs fp32 {o32 / o16:.2f}x", flush=True)
         print(f"{'':10} weights {param_bytes(ours) / MiB:.1f} MiB (fp32)")
 
@@ -237,7 +246,7 @@ def bench_psnr(models, weights: dict[str, str]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     parser.add_argument("--sections", nargs="+", default=["speed", "tiled", "uhd", "psnr"],
                         choices=["speed", "tiled", "uhd", "psnr"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
