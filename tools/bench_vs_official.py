@@ -10,7 +10,8 @@ pixelforge (``pixelforge.load_official`` / ``create_model(weights=...)``), and t
   the figures use);
 - the model's multiply-adds (``torch.utils.flop_counter.FlopCounterMode`` on the pixelforge side, MACs = flops/2;
   the selective scan of Vim is not an aten op the counter knows, so Vim's count leaves it out) are set against the
-  machine's fp32 matmul rate, a 2048² matmul timed in the same interleaved rounds at that thread count;
+  machine's fp32 matmul rate: a 2048² product by the fastest fp32 GEMM PyTorch has here (torch.mm, or oneDNN's
+  linear where it is faster, as on AMD CPUs), timed in the same interleaved rounds at that thread count;
 - the issue's target is checked: the family's speed-up (HAT-S 4x, CRAFT 3x, CFSR 2x, RRFormer 4x, SReT_T 2x,
   CCT 2x, Vim-tiny 5x, VAR-d16 sampling 2x) or >= 70 % of the matmul rate, with outputs within tolerance.
 
@@ -230,7 +231,7 @@ def run_case(case: Case, official: Callable, ours: Callable, threads: int, reps:
     (so the matmul rate is the machine's rate under the same load); one result row."""
     torch.set_num_threads(threads)
     x = case_input(case)
-    matmul, matmul_macs = matmul_probe()
+    matmul, matmul_macs, matmul_name = matmul_probe()
     with torch.inference_mode():
         torch.manual_seed(0)  # SReT_T draws its token shuffles from the global RNG, in eval mode too
         y_official = _first(official(x))
@@ -248,7 +249,7 @@ def run_case(case: Case, official: Callable, ours: Callable, threads: int, reps:
     row = dict(family=case.family, case=case.label, threads=threads, clock=clock, reps=reps, macs=macs,
                official_s=t_official[clock], pixelforge_s=t_ours[clock], speedup=speedup[clock],
                official_fraction=fraction["official"], pixelforge_fraction=fraction["pixelforge"],
-               matmul_macs_per_s=rate[clock], max_diff=max_diff, atol=tolerance[0], rtol=tolerance[1],
+               matmul_macs_per_s=rate[clock], matmul=matmul_name, max_diff=max_diff, atol=tolerance[0], rtol=tolerance[1],
                parity_ok=parity_ok, target=TARGETS[case.family], met=met, verdict=verdict)
     for name in t_ours:  # both clocks, whichever the figures use
         row.update({f"official_{name}_s": t_official[name], f"pixelforge_{name}_s": t_ours[name],
@@ -262,7 +263,7 @@ def format_row(r: dict) -> str:
             f"official {r['official_s'] * 1e3:8.1f} ms ({r['official_fraction']:4.0%})  "
             f"pixelforge {r['pixelforge_s'] * 1e3:8.1f} ms ({r['pixelforge_fraction']:4.0%})  "
             f"{r['speedup']:5.2f}x ({other} {r[f'speedup_{other}']:.2f}x)  "
-            f"matmul {r['matmul_macs_per_s'] / 1e9:5.1f} GMAC/s  "
+            f"matmul ({r.get('matmul', 'torch.mm')}) {r['matmul_macs_per_s'] / 1e9:5.1f} GMAC/s  "
             f"max|diff| {r['max_diff']:.1e} (atol {r['atol']:g}, rtol {r['rtol']:g}) "
             f"{'PASS' if r['parity_ok'] else 'FAIL'}  target {r['target']:g}x or {MATMUL_FRACTION:.0%}: "
             f"{'met' if r['met'] else 'NOT met'} ({r['verdict']})")
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
           f"kernels {info['kernels']} (native built: {info['native_kernels']}), precision {info['precision']}, "
           f"{args.clock} clock, median of {reps}, load average {info['load_average']:.1f}", flush=True)
     print("per case: GMAC (flop counter, pixelforge side); official and pixelforge median ms (% of the fp32 matmul "
-          "rate they reach); speed-up; the matmul rate measured in the same rounds", flush=True)
+          "rate they reach); speed-up; the rate of the fastest fp32 GEMM here, measured in the same rounds", flush=True)
     rows = []
     for family in args.families:
         message = missing_clone(runner, family, refs, args.official_dir)
