@@ -1,35 +1,21 @@
 """The bundled CIFAR-10 classifier (cct_2_3x2_32 trained by pixelforge, `configs/cls/cct_2_3x2_32_cifar10.yaml`):
 its accuracy on the 10,000 CIFAR-10 test images, read straight from ../shared/data/cifar10-jpeg.tar.gz, and
 `pixelforge classify` without --weights."""
-import io
 import json
 import tarfile
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 import pixelforge
 from conftest import DATA
+from pixelforge.data.classification import read_archive_split
 from pixelforge.infer.classify import bundled_weights
 from test_cls_train import _classify
 
 ARCHIVE = DATA / "cifar10-jpeg.tar.gz"
 pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"{ARCHIVE} not found")
-
-
-def _test_images():
-    """(N, 32, 32, 3) uint8 images and their class-folder names, in archive order."""
-    images, folders = [], []
-    with tarfile.open(ARCHIVE) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
-                images.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
-                folders.append(parts[-2])
-    return np.stack(images), folders
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +25,7 @@ def class_names():
 
 
 def test_bundled_classifier_reaches_80_percent_on_the_test_set(class_names):
-    images, folders = _test_images()
+    images, folders = read_archive_split(ARCHIVE, "test")
     assert len(images) == 10_000
     labels = torch.tensor([class_names.index(f) for f in folders])
     model = pixelforge.create_model("cct_2_3x2_32", pretrained=True).eval()

@@ -67,7 +67,7 @@ def test_export_errors(tmp_path):
 
 
 def test_export_command_and_onnxruntime_backend(tmp_path, capsys):
-    model = tiny_weights(tmp_path / "w.safetensors", "cfsr_x2")
+    tiny_weights(tmp_path / "w.safetensors", "cfsr_x2")
     write_image(tmp_path / "in.png", torch.rand(3, 30, 44))
     assert main(["export", "cfsr_x2", "-o", str(tmp_path / "m.onnx"), "--tile", "24",
                  "--weights", str(tmp_path / "w.safetensors")]) == 0

@@ -13,15 +13,12 @@ Bounds: ≤ 0.05 dB, ≤ 0.5 points.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import tarfile
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -29,26 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import alternating_medians, cpu_model  # noqa: E402
 
 import pixelforge  # noqa: E402
+from pixelforge.data.classification import read_archive_split  # noqa: E402
 from pixelforge.infer.classify import bundled_weights  # noqa: E402
 from pixelforge.infer.evaluate import evaluate_sr, find_pairs  # noqa: E402
 from pixelforge.infer.precision import autocast, choose_precision, prepare_model, probe_input  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TILE = 64
-
-
-def _cifar10_test(archive: Path) -> tuple[torch.Tensor, list[str]]:
-    """(N, 3, 32, 32) floats in [0, 1] and class-folder names of the test split, in archive order."""
-    from PIL import Image
-
-    images, folders = [], []
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
-                images.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
-                folders.append(parts[-2])
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, folders
 
 
 def _modes(model: torch.nn.Module, name: str, probe: torch.Tensor, output: str) -> dict:
@@ -137,7 +121,8 @@ def main() -> None:
         print(f"auto on {name}: {choose_precision(model, probe, name, 'cpu', output, cache=None)}")
     rows += bench_sr("cfsr_x4 (bundled), Set5 x4", bundled, pairs, args.repeats)
     rows += bench_sr("cfsr_x4 (released), Set5 x4", released, pairs, args.repeats)
-    images, folders = _cifar10_test(args.data / "cifar10-jpeg.tar.gz")
+    images, folders = read_archive_split(args.data / "cifar10-jpeg.tar.gz", "test")
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     with safe_open(str(bundled_weights("cct_2_3x2_32")), "pt") as f:
         names = json.loads(f.metadata()["class_names"])
     labels = torch.tensor([names.index(f) for f in folders])

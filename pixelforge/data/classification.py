@@ -8,6 +8,7 @@ cheap.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import shutil
 import tarfile
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 from ..zoo import pixelforge_home
 from .image_io import IMAGE_SUFFIXES, quantize, read_image
 
-__all__ = ["ImageFolderDataset", "folder_classes", "unpack_archive"]
+__all__ = ["ImageFolderDataset", "folder_classes", "unpack_archive", "read_archive_split"]
 
 
 def folder_classes(root: str | os.PathLike) -> list[str]:
@@ -107,3 +108,19 @@ def unpack_archive(archive: str | os.PathLike, cache_dir: str | os.PathLike | No
             tmp.rename(dest)
             (dest / ".complete").write_text(str(archive.resolve()))
     return dest
+
+
+def read_archive_split(archive: str | os.PathLike, split: str) -> tuple[np.ndarray, list[str]]:
+    """Decode every image of ``split`` of an ImageFolder archive (``…/<split>/<class>/<file>`` members) straight
+    from the .tar(.gz), without unpacking it: (N, H, W, 3) uint8 RGB images of one size (CIFAR) and their
+    class-folder names, in archive order."""
+    images, folders = [], []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) >= 3 and parts[-3] == split:
+                images.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+                folders.append(parts[-2])
+    if not images:
+        raise ValueError(f"{archive}: no images under a '{split}/<class>/' folder")
+    return np.stack(images), folders

@@ -313,7 +313,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         server.close()
 
     hosts = ["*"] if settings.host in ("0.0.0.0", "::") else [settings.host, "127.0.0.1", "localhost", "[::1]"]
-    api = f"/api/v/{{token}}"
+    api = "/api/v/{token}"
     routes = [
         Route("/", page),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -5,7 +5,6 @@ import copy
 import json
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import pickletools
 from collections.abc import Mapping
 from pathlib import Path
