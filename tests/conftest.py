@@ -1,8 +1,11 @@
 """Shared test fixtures: where ../shared lives, and reading parity cases."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PIXELFORGE_SHARED", REPO.parent / "shared"))
 PARITY = SHARED / "parity"
 DATA = SHARED / "data"
+
+# Measured choices (kernel backends, precision auto) and built kernels of a test run go to a throw-away home, not to
+# the user's cache, unless $PIXELFORGE_HOME is set on purpose.
+if "PIXELFORGE_HOME" not in os.environ:
+    os.environ["PIXELFORGE_HOME"] = tempfile.mkdtemp(prefix="pixelforge-tests-")
+    atexit.register(shutil.rmtree, os.environ["PIXELFORGE_HOME"], ignore_errors=True)
 
 
 def parity_case(name: str) -> tuple[dict, dict, Path]:
