@@ -17,7 +17,9 @@ and keeps the faster, in memory and in ``<library>.auto.json`` beside the native
 ``$PIXELFORGE_HOME/kernels``. The decision is keyed by the library's name (a hash of the kernel source, compiler,
 flags and CPU), torch's version, the number of torch threads, the op and the shape class, so a changed CPU, source
 or torch measures again; other processes read the file instead of measuring (delete it to measure again, e.g.
-after a measurement on a heavily loaded machine).
+after a measurement on a heavily loaded machine). :func:`measured_choice` races other candidates the same way
+(e.g. :mod:`pixelforge.layers.linear`: oneDNN against ``F.linear``), keyed by the CPU instead of the library, in
+``cpu_<hash of the CPU model and flags>.auto.json``.
 
 Triton is imported lazily, on the first call that wants it, and the native library is built on the first op call
 that wants it, so importing pixelforge touches neither.
@@ -28,19 +30,21 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from .native import cache_dir, library_path, native_available
+from .native import cache_dir, cpu_signature, library_path, native_available
 
 __all__ = ["BACKENDS", "use_backend", "get_backend", "resolve_backend", "triton_available", "native_available",
-           "Race", "measure_candidates"]
+           "Race", "measure_candidates", "measured_choice"]
 
 _log = logging.getLogger(__name__)
 
@@ -101,16 +105,18 @@ def triton_available(device: torch.device | None = None) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Race:
-    """What ``auto`` needs to choose between native and the PyTorch path for one call.
+    """What ``auto`` needs to choose between candidate implementations (native and the PyTorch path) for one call.
 
     op: the op's name; shape_class: what the choice is keyed by besides the op (bucketed sizes, dtype: anything
-    JSON can hold); candidates: builds {"native": fn, "torch": fn}, each fn running the op once (on a problem of
-    about the call's proportions, small enough to time in milliseconds); called only when a measurement is due.
+    JSON can hold); candidates: builds {name: fn} for each of ``names``, each fn running the op once (on a problem
+    of about the call's proportions, small enough to time in milliseconds); called only when a measurement is due.
+    names: the candidates; with ``"native"`` among them the choice is keyed by the native library, else by the CPU.
     """
 
     op: str
     shape_class: tuple
     candidates: Callable[[], dict[str, Callable[[], object]]]
+    names: tuple[str, ...] = ("native", "torch")
 
 
 def measure_candidates(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
@@ -129,8 +135,8 @@ def measure_candidates(candidates: dict[str, Callable[[], object]], rounds: int 
     return best
 
 
-# in-process decisions: (choices file, key) -> backend
-_choices: dict[tuple[str, str], str] = {}
+# in-process decisions: ($PIXELFORGE_HOME, library path or CPU signature, op, shape class, threads) -> choice
+_choices: dict[tuple, str] = {}
 
 
 def _read_choices(path: Path) -> dict:
@@ -141,16 +147,27 @@ def _read_choices(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _measured_choice(race: Race) -> str:
-    """``"native"`` or ``"torch"``, whichever ran ``race`` faster (measured once per key, then remembered)."""
-    path = cache_dir() / (library_path().stem + ".auto.json")
-    key = json.dumps([race.op, *race.shape_class, f"threads={torch.get_num_threads()}",
-                      f"torch={torch.__version__}"])
-    choice = _choices.get((str(path), key))
+@functools.lru_cache(maxsize=None)
+def _cpu_choices_name(signature: str) -> str:
+    return "cpu_" + hashlib.sha256(f"{signature}\0{platform.machine()}".encode()).hexdigest()[:16] + ".auto.json"
+
+
+def measured_choice(race: Race) -> str:
+    """The name in ``race.names`` whose candidate ran ``race`` faster (measured once per key, then remembered in
+    memory and in ``$PIXELFORGE_HOME/kernels``: beside the native library when ``"native"`` is a candidate, else in
+    a file named by a hash of the CPU)."""
+    native = "native" in race.names
+    machine = library_path() if native else cpu_signature()
+    threads = torch.get_num_threads()
+    # looked up first, without building paths or JSON: a small layer's call takes microseconds
+    memo = (os.environ.get("PIXELFORGE_HOME"), machine, race.op, race.shape_class, threads)
+    choice = _choices.get(memo)
     if choice is not None:
         return choice
+    path = cache_dir() / (machine.stem + ".auto.json" if native else _cpu_choices_name(machine))
+    key = json.dumps([race.op, *race.shape_class, f"threads={threads}", f"torch={torch.__version__}"])
     entry = _read_choices(path).get(key)
-    if isinstance(entry, dict) and entry.get("choice") in ("native", "torch"):
+    if isinstance(entry, dict) and entry.get("choice") in race.names:
         choice = entry["choice"]
     else:
         times = measure_candidates(race.candidates())
@@ -167,7 +184,7 @@ def _measured_choice(race: Race) -> str:
                 json.dump(data, f, indent=1, sort_keys=True)
         except OSError as exc:  # a read-only cache: the choice still holds for this process
             _log.info("pixelforge: could not record the backend choice in %s (%s)", path, exc)
-    _choices[(str(path), key)] = choice
+    _choices[memo] = choice
     return choice
 
 
@@ -203,5 +220,5 @@ def resolve_backend(*tensors: torch.Tensor, has_native: bool = False, race: Race
     if device.type == "cuda" and triton_available(device):
         return "triton"
     if device.type == "cpu" and has_native and native_available():
-        return "native" if race is None else _measured_choice(race)
+        return "native" if race is None else measured_choice(race)
     return "torch"

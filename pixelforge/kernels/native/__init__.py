@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["native_available", "library_path", "cache_dir", "selective_scan_native", "NATIVE_MAX_DSTATE"]
+__all__ = ["native_available", "library_path", "cache_dir", "cpu_signature", "selective_scan_native",
+           "NATIVE_MAX_DSTATE"]
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("scan.c")
@@ -58,8 +59,10 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU model and flags (so a shared cache never serves a foreign binary)."""
+@functools.lru_cache(maxsize=None)
+def cpu_signature() -> str:
+    """What -march=native depends on: the CPU model and flags (so a shared cache never serves a foreign binary);
+    also what keys auto's measured choices between non-native candidates. Read once per process."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))][:3]
@@ -89,7 +92,7 @@ def _build(cc: str, flags: list[str]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     command = [*flags, *_FIXED_FLAGS]
     key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), version.encode(),
-                                     _cpu_signature().encode(), platform.machine().encode()])).hexdigest()[:16]
+                                     cpu_signature().encode(), platform.machine().encode()])).hexdigest()[:16]
     out_dir = cache_dir()
     lib = out_dir / f"pf_scan_{key}.so"
     out_dir.mkdir(parents=True, exist_ok=True)
