@@ -195,6 +195,7 @@ def test_eval_json_records_the_choice(tmp_path, capsys, monkeypatch):
     from pixelforge.data.image_io import write_image
 
     monkeypatch.setenv("PIXELFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(P, "_ANNOUNCED", set())  # an earlier test in this process may have said the same
     tiny_weights(tmp_path / "w.safetensors", "cfsr_x2")
     for folder, size in (("LR", 12), ("HR", 24)):
         (tmp_path / "data" / folder).mkdir(parents=True)
