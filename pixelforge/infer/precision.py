@@ -383,7 +383,7 @@ def announce(choice: PrecisionChoice, prog: str = "pixelforge") -> None:
         message = f"{prog}: {choice}"
     else:
         return
-    key = (prog, str(choice), choice.warning)  # a cached re-run is the same news; another measurement is not
+    key = (prog, choice.requested, choice.precision, choice.warning)  # a cached re-run is the same news
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
         print(message, file=sys.stderr)
