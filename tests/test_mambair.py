@@ -1,62 +1,63 @@
-"""MambaIR against the official forward (built from the clone with mamba_ssm's reference scan), the released layouts,
-the four-direction scan on the shared op, tiling, checkpointing and the restoration head."""
+"""MambaIR against the official forward (built from the clone with mamba_ssm's reference scan, else its recording in
+tests/data/mambair), the released layouts, the four-direction scan on the shared op, tiling, checkpointing and the
+restoration head."""
+from pathlib import Path
+
 import pytest
 import torch
 
 import pixelforge
 import pixelforge.vision.mambair as mambair_mod
 from conftest import DATA
-from mambair_official import RELEASED, missing, official_mambair
+from mambair_official import RELEASED, SMALL, layout, missing, official_case, recorded_case, recorded_layouts
 from pixelforge.data import read_image
 from pixelforge.infer import run_tiled
 from pixelforge.kernels import use_backend
 
-needs_official = pytest.mark.skipif(missing() is not None, reason=f"official MambaIR not buildable: {missing()}")
-
-# small official configurations (embed_dim >= 30: the CAB squeezes channels by 30)
-SMALL = {
-    "classic_x2": dict(upscale=2, img_size=16, d_state=8, depths=[2, 1], embed_dim=32, mlp_ratio=1.5,
-                       upsampler="pixelshuffle"),
-    "light_x3": dict(upscale=3, img_size=16, d_state=10, depths=[1, 2], embed_dim=30, mlp_ratio=1.2,
-                     upsampler="pixelshuffledirect"),
-    "restore_gray_3conv": dict(upscale=1, in_chans=1, img_size=16, d_state=4, depths=[2], embed_dim=32,
-                               mlp_ratio=2.0, resi_connection="3conv"),
-}
+# Recorded by `python tests/mambair_official.py --record tests/data/mambair`: read when the clones are absent (CI);
+# with the clones, the tests build the official model live and check that the recording equals it.
+FIXTURES = Path(__file__).parent / "data" / "mambair"
+LIVE = missing() is None
 
 
-def _official(config: dict, seed: int = 0) -> torch.nn.Module:
-    """The official model with seeded random weights, every parameter moved so that each branch matters."""
-    torch.manual_seed(seed)
-    net = official_mambair()(**config).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return net
+def _official_case(name: str):
+    """(config, official-format state dict, input, official output) of SMALL case ``name``: live when the clones are
+    here (checked against the recording), else recorded."""
+    config, state, x, ref = recorded_case(FIXTURES, name)
+    if LIVE:
+        net, _, x_live, ref_live = official_case(name)
+        live = net.state_dict()
+        assert config == SMALL[name] and state.keys() == live.keys()
+        for key, value in live.items():
+            torch.testing.assert_close(state[key], value, atol=0, rtol=0, msg=key)
+        torch.testing.assert_close(x, x_live, atol=0, rtol=0)
+        torch.testing.assert_close(ref, ref_live, atol=1e-5, rtol=1e-5)
+        state, x, ref = live, x_live, ref_live
+    return config, state, x, ref
 
 
-@needs_official
 @pytest.mark.parametrize("name", sorted(SMALL))
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_official_parity(name, backend):
-    config = SMALL[name]
-    net = _official(config)
-    model = pixelforge.load_official({"params": net.state_dict()}, config=config)  # family from the keys
-    x = torch.rand(2, config.get("in_chans", 3), 13, 17, generator=torch.Generator().manual_seed(1))
+    config, state, x, ref = _official_case(name)
+    model = pixelforge.load_official({"params": state}, config=config)  # family from the keys
     with torch.no_grad(), use_backend(backend):
-        ref, out = net(x), model(x)
+        out = model(x)
     assert ref.std() > 0.05  # the output depends on the input, not only on biases
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
 
 
-@needs_official
 @pytest.mark.parametrize("variant", sorted(RELEASED))
 def test_released_layout_loads_strictly(variant):
-    """The official model's state-dict layout (built on the CPU, read on the meta device) loads strictly, through
-    load_official (hyper-parameters from the shapes) and into the registered factory."""
-    config = RELEASED[variant]
-    net = official_mambair()(**config)
-    state = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in net.state_dict().items()}
-    n_params = sum(p.numel() for p in net.parameters())
+    """The official model's state-dict layout (recorded, or built on the CPU when the clones are here; read on the
+    meta device) loads strictly, through load_official (hyper-parameters from the shapes) and into the registered
+    factory."""
+    config, recorded = RELEASED[variant], recorded_layouts(FIXTURES)[variant]
+    assert recorded["config"] == config
+    if LIVE:
+        assert {k: recorded[k] for k in ("state", "n_params")} == layout(config)
+    state = {k: torch.empty(shape, device="meta") for k, shape in recorded["state"]}
+    n_params = recorded["n_params"]
     with torch.device("meta"):
         model = pixelforge.load_official({"params": state}, config=config)
         if variant != "car":
