@@ -7,7 +7,7 @@ import torch
 import pixelforge
 from pixelforge.cli import main
 from pixelforge.data.image_io import read_image
-from pixelforge.generative.cli import make_grid
+from pixelforge.data.grid import make_grid
 from pixelforge.zoo import save_weights
 
 # scales other than the tokenizer's registered ones: generate hands the transformer's scales to the tokenizer

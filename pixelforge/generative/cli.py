@@ -11,24 +11,12 @@ arguments and the tokenizer used in training are taken.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
 
-__all__ = ["add_generate_parser", "make_grid"]
-
-
-def make_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
-    """(N, C, H, W) in [0, 1] → one (C, rows·(H+p)+p, nrow·(W+p)+p) image, row-major, white padding."""
-    n, c, h, w = images.shape
-    rows = math.ceil(n / nrow)
-    grid = images.new_ones(c, rows * (h + padding) + padding, nrow * (w + padding) + padding)
-    for i, img in enumerate(images):
-        y, x = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
-        grid[:, y:y + h, x:x + w] = img
-    return grid
+__all__ = ["add_generate_parser"]
 
 
 def _parse_classes(text: str | None) -> list[int] | None:
@@ -166,6 +154,7 @@ def _generate_diffusion(args, classes: list[int] | None) -> tuple[torch.Tensor, 
 
 
 def _run(args) -> int:
+    from ..data.grid import make_grid
     from ..data.image_io import ImageIOError, write_image
 
     try:

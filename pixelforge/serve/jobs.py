@@ -200,7 +200,8 @@ def _check_tokenizer_path(weights: Path, allowed: list[Path]) -> None:
 def run_generate(job: Job, req: GenerateRequest, out_dir: Path, register: Register) -> None:
     """Generate with ``pixelforge generate``'s VAR or diffusion path; a grid plus every sample as a PNG."""
     from ..data.image_io import ImageIOError, write_image
-    from ..generative.cli import _generate_diffusion, _generate_var, _is_var, _parse_classes, make_grid
+    from ..data.grid import make_grid
+    from ..generative.cli import _generate_diffusion, _generate_var, _is_var, _parse_classes
     from ..infer.upscale import one_line
     from ..zoo.cli import default_weights_status
     from .catalog import cli_args

@@ -323,7 +323,7 @@ class VARTask(TrainTask):
         """Sample ``samples_per_class`` images of every class; write ``grid_per_class`` of each to
         ``output_dir/samples.png``; Fréchet distance(s) to the validation images when ``eval.fd`` is set."""
         from ..data.image_io import write_image
-        from ..generative.cli import make_grid
+        from ..data.grid import make_grid
         from ..generative.var.sampling import sample
 
         e = self.eval_cfg
