@@ -11,7 +11,7 @@ from safetensors import safe_open
 import pixelforge
 from conftest import DATA
 from pixelforge.data.classification import read_archive_split
-from pixelforge.infer.classify import bundled_weights
+from pixelforge.zoo import pretrained_file
 from test_cls_train import _classify
 
 ARCHIVE = DATA / "cifar10-jpeg.tar.gz"
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"{ARCHIVE} not fo
 
 @pytest.fixture(scope="module")
 def class_names():
-    with safe_open(str(bundled_weights("cct_2_3x2_32")), "pt") as f:
+    with safe_open(str(pretrained_file("cct_2_3x2_32")), "pt") as f:
         return json.loads(f.metadata()["class_names"])
 
 
@@ -46,5 +46,5 @@ def test_classify_uses_the_bundled_weights(class_names, tmp_path, capsys):
     assert _classify([str(path), "--model", "cct_2_3x2_32", "--topk", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(path) and all(line.split()[1] in class_names for line in lines[1:4])
-    assert _classify([str(path), "--model", "cct_7_3x1_32"]) == 2
-    assert "no bundled weights" in capsys.readouterr().err
+    assert _classify([str(path), "--model", "cct_7_3x1_32"]) == 1
+    assert "'cct_7_3x1_32' has no pretrained weights; pass --weights W" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import REPO
 from pixelforge.data import write_image
 from pixelforge.data.classification import ImageFolderDataset, unpack_archive
-from pixelforge.infer.classify import add_classify_parser
+from pixelforge.cli.classify import add_parser as add_classify_parser
 from pixelforge.train import TASKS
 from pixelforge.train.cls import ClassificationTask
 from pixelforge.train.loop import train
@@ -151,7 +151,7 @@ def test_classify_command(folder, trained, tmp_path, capsys):
     assert all(line.split()[1] in CLASSES and line.strip().endswith("%") for line in lines[1:3])
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    assert _classify([str(bad), "--model", "cct_2_3x2_32", "--weights", weights]) == 2
+    assert _classify([str(bad), "--model", "cct_2_3x2_32", "--weights", weights]) == 1  # nothing classified
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken.png" in err
     # one bad file among good ones: the good ones are still printed, the bad one reported, exit non-zero
@@ -159,5 +159,5 @@ def test_classify_command(folder, trained, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert [line for line in out.splitlines() if not line.startswith(" ")] == images
     assert "broken.png" in err.splitlines()[0] and "1 of 3 images failed" in err.splitlines()[-1]
-    assert _classify([images[0], "--model", "cct_2_3x2_32", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert _classify([images[0], "--model", "cct_2_3x2_32", "--weights", str(tmp_path / "none.safetensors")]) == 1
     assert "not found" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import pixelforge
+import pixelforge.cli.image_to_image
 from conftest import PARITY
 from pixelforge.cli import main
 from pixelforge.data import quantize, read_image, write_image
@@ -102,7 +103,7 @@ def test_bad_files_in_a_folder_are_reported_and_the_rest_done(tmp_path, capsys):
     (src / "e_text.jpg").write_text("hello")
     rc, out, err = _run(capsys, src, tmp_path / "missing.png", "-o", tmp_path / "out",
                       "--weights", tmp_path / "w.safetensors")
-    assert rc == 1
+    assert rc == 2  # partial failure: one image written
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_good.png"]  # no partial or temporary files
     lines = err.strip().splitlines()
     expected = {"b_truncated.png": "truncated", "c_zero.png": "zero-size", "d_float.tif": "unsupported image mode",
@@ -138,7 +139,7 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys, monkeypatch, 
         "unfit_weights": "do not fit DenseImageModel: missing keys",
         "wrong_scale": "shape mismatch",
         "no_weights_defined": "'cfsr_x3' has no pretrained weights; pass --weights W",
-        "no_weights_installed": "no pretrained weights for 'cfsr_x4'",
+        "no_weights_installed": "the pretrained weights of 'cfsr_x4', cfsr_x4.safetensors",
         "output_not_writable": "cannot create output folder",
         "truncated_single_file": "truncated",
         "overwrite_input": "would overwrite the input",
@@ -201,7 +202,7 @@ def test_unwritable_output_is_found_before_the_model_runs(tmp_path, capsys, monk
         _rgb(src / name)
     (tmp_path / "out" / "b.png").mkdir(parents=True)  # the output of b.png cannot be written
     ran = []
-    monkeypatch.setattr(pixelforge.infer.upscale, "process_image", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(pixelforge.cli.image_to_image, "process_image", lambda *a, **k: ran.append(a))
     rc, _, err = _run(capsys, src, "-o", tmp_path / "out", "--weights", tmp_path / "w.safetensors")
     assert rc == 1 and ran == []
     assert err.strip() == f"pixelforge upscale: error: {tmp_path / 'out' / 'b.png'}: is a folder, not an output file"
@@ -236,7 +237,7 @@ def test_stale_temporaries_are_removed_and_sigterm_leaves_none(tmp_path):
     stale = out / f".old.png.{gone.stdout.strip()}-89abcdef.tmp"
     stale.write_bytes(b"")
     code = ("import sys, time\n"
-            "import pixelforge.infer.upscale as up\n"
+            "import pixelforge.cli.image_to_image as up\n"
             "from pixelforge.cli import main\n"
             "from pixelforge.data.image_io import atomic_open\n"
             "def slow_write(path, *args):\n"

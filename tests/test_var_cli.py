@@ -43,13 +43,13 @@ def test_generate_errors(small_weights, tmp_path, capsys):
     var_path, vq_path = small_weights
     args = ["generate", "--weights", str(var_path), "-o", str(tmp_path / "x.png")]
     assert main(["generate", "--model", "var_d6_32", "--weights", str(var_path), "--classes", "1,10",
-                 "-o", str(tmp_path / "x.png")]) == 2
+                 "-o", str(tmp_path / "x.png")]) == 1
     assert "classes must be in [0, 9]" in capsys.readouterr().err
-    assert main(["generate", "--model", "var_vqvae_f4_32", *args[3:]]) == 2
+    assert main(["generate", "--model", "var_vqvae_f4_32", *args[3:]]) == 1
     assert "tokenizer" in capsys.readouterr().err
-    assert main(["generate", "--model", "var_d6_32", "--classes", "a,b", *args[1:]]) == 2
+    assert main(["generate", "--model", "var_d6_32", "--classes", "a,b", *args[1:]]) == 1
     assert "comma-separated integers" in capsys.readouterr().err
-    assert main(["generate", "--model", "var_d6_32", *args[1:3], "-o", str(tmp_path / "missing" / "x.png")]) == 2
+    assert main(["generate", "--model", "var_d6_32", *args[1:3], "-o", str(tmp_path / "missing" / "x.png")]) == 1
     assert "output folder does not exist" in capsys.readouterr().err
 
 

@@ -27,7 +27,6 @@ from bench_common import alternating_medians, cpu_model  # noqa: E402
 
 import pixelforge  # noqa: E402
 from pixelforge.data.classification import read_archive_split  # noqa: E402
-from pixelforge.infer.classify import bundled_weights  # noqa: E402
 from pixelforge.infer.evaluate import evaluate_sr, find_pairs  # noqa: E402
 from pixelforge.infer.precision import autocast, choose_precision, prepare_model, probe_input  # noqa: E402
 
@@ -123,7 +122,7 @@ def main() -> None:
     rows += bench_sr("cfsr_x4 (released), Set5 x4", released, pairs, args.repeats)
     images, folders = read_archive_split(args.data / "cifar10-jpeg.tar.gz", "test")
     images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    with safe_open(str(bundled_weights("cct_2_3x2_32")), "pt") as f:
+    with safe_open(str(pixelforge.zoo.pretrained_file("cct_2_3x2_32")), "pt") as f:
         names = json.loads(f.metadata()["class_names"])
     labels = torch.tensor([names.index(f) for f in folders])
     mean, std = (torch.tensor(cct.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))

@@ -1,4 +1,4 @@
-"""``pixelforge eval``: PSNR/SSIM of a super-resolution model on a benchmark folder (specs/sr-evaluation.md).
+"""PSNR/SSIM of a super-resolution model on a benchmark folder (specs/sr-evaluation.md).
 
 The protocol of the published HAT/CRAFT/CFSR numbers: LR and HR read as 8-bit RGB (grayscale replicated to three
 channels), HR cropped to LR size × scale, whole-image inference (``--tile`` optional; ``--precision auto`` runs bf16
@@ -7,8 +7,6 @@ as BasicSR's ``tensor2img``, Y-channel PSNR/SSIM with crop_border = scale, plain
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -16,14 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.image_io import IMAGE_SUFFIXES, ImageIOError, atomic_open, read_image
+from ..data.image_io import IMAGE_SUFFIXES, read_image
 from ..metrics.sr import psnr_ssim, tensor_to_uint8
-from .onnx_backend import add_backend_argument
-from .precision import NonFiniteOutputError, add_precision_argument, announce, resolve_device
+from .runner import RunnerError
 from .tiling import run_tiled
-from .upscale import CommandError, load_runner, one_line
 
-__all__ = ["find_pairs", "evaluate_sr", "add_eval_parser"]
+__all__ = ["find_pairs", "evaluate_sr"]
 
 
 def find_pairs(data: str | Path, scale: int) -> list[tuple[str, Path, Path]]:
@@ -34,7 +30,7 @@ def find_pairs(data: str | Path, scale: int) -> list[tuple[str, Path, Path]]:
     """
     data = Path(data)
     if not data.is_dir():
-        raise CommandError(f"benchmark folder not found: {data}")
+        raise RunnerError(f"benchmark folder not found: {data}")
     folder = data / f"x{scale}" if (data / f"x{scale}").is_dir() else data
     pairs = []
     for lr in sorted(folder.iterdir()):
@@ -46,7 +42,7 @@ def find_pairs(data: str | Path, scale: int) -> list[tuple[str, Path, Path]]:
         pairs = [(lr.stem, lr, data / "HR" / lr.name) for lr in sorted((data / "LR").iterdir())
                  if lr.suffix.lower() in IMAGE_SUFFIXES and (data / "HR" / lr.name).is_file()]
     if not pairs:
-        raise CommandError(f"no LR/HR pairs in {data} (expected x{scale}/NAME_LR.png with NAME_HR.png, "
+        raise RunnerError(f"no LR/HR pairs in {data} (expected x{scale}/NAME_LR.png with NAME_HR.png, "
                            f"or LR/ and HR/ folders with the same file names)")
     return pairs
 
@@ -68,11 +64,11 @@ def evaluate_sr(model: nn.Module, pairs: list[tuple[str, Path, Path]], scale: in
         hr = read_image(hr_path, channels=3).pixels
         h, w = lr.shape[-2:]
         if hr.shape[-2] < h * scale or hr.shape[-1] < w * scale:
-            raise CommandError(f"{hr_path}: HR {hr.shape[-1]}x{hr.shape[-2]} is smaller than LR {w}x{h} x{scale}")
+            raise RunnerError(f"{hr_path}: HR {hr.shape[-1]}x{hr.shape[-2]} is smaller than LR {w}x{h} x{scale}")
         hr = hr[:, : h * scale, : w * scale]
         sr = run_tiled(model, lr[None], tile, overlap, precision, device)[0]
         if sr.shape != hr.shape:
-            raise CommandError(f"model output {tuple(sr.shape)} does not match HR {tuple(hr.shape)} "
+            raise RunnerError(f"model output {tuple(sr.shape)} does not match HR {tuple(hr.shape)} "
                                f"(is the model x{scale}?)")
         scores = psnr_ssim(tensor_to_uint8(sr), tensor_to_uint8(hr), crop, test_y_channel=True)
         per_image[name] = {"psnr_y": scores["psnr"], "ssim_y": scores["ssim"], "lr_hw": [h, w],
@@ -80,58 +76,3 @@ def evaluate_sr(model: nn.Module, pairs: list[tuple[str, Path, Path]], scale: in
     n = len(per_image)
     mean = {k: sum(v[k] for v in per_image.values()) / n for k in ("psnr_y", "ssim_y")}
     return {"per_image": per_image, "mean": mean}
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    try:
-        device = resolve_device(args.device)
-        model, choice, tile = load_runner(args, device, None, args.tile or None)
-        scale = args.scale or int(getattr(model, "upscale", 1))
-        if scale != getattr(model, "upscale", 1):
-            raise CommandError(f"--scale {scale} does not match the model {args.model} (x{model.upscale})")
-        pairs = find_pairs(args.data, scale)
-        announce(choice, "pixelforge eval")
-        result = evaluate_sr(model, pairs, scale, args.crop_border, tile, args.tile_overlap, choice.precision,
-                             device, progress=True)
-    except (CommandError, ImageIOError, NonFiniteOutputError, ValueError, MemoryError) as exc:
-        print(f"pixelforge eval: error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    crop = scale if args.crop_border is None else args.crop_border
-    width = max(8, *(len(k) for k in result["per_image"]))
-    print(f"{args.model} on {args.data} x{scale} (Y channel, crop {crop})")
-    print(f"{'image':<{width}}  {'PSNR (dB)':>10}  {'SSIM':>8}")
-    for name, s in result["per_image"].items():
-        print(f"{name:<{width}}  {s['psnr_y']:>10.4f}  {s['ssim_y']:>8.5f}")
-    print(f"{'mean':<{width}}  {result['mean']['psnr_y']:>10.4f}  {result['mean']['ssim_y']:>8.5f}")
-    if args.json:
-        report = {"model": args.model, "weights": args.weights, "data": str(args.data), "scale": scale,
-                  "crop_border": crop, "test_y_channel": True, "tile": tile, "backend": args.backend,
-                  "precision": choice.precision, "precision_choice": choice.as_dict(), **result}
-        try:
-            with atomic_open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
-        except OSError as exc:
-            print(f"pixelforge eval: error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-    return 0
-
-
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """``pixelforge eval --model NAME [--weights W] --data DIR [--scale S] [--json OUT] [--tile N] ...``."""
-    parser = subparsers.add_parser("eval", help="PSNR/SSIM (Y channel) of an SR model on a benchmark folder",
-                                   description="Evaluate a super-resolution model with the BasicSR protocol.")
-    parser.add_argument("--model", required=True, help="registered model name, e.g. cfsr_x4")
-    parser.add_argument("--weights", metavar="W", help="weights file (ours or official); default: pretrained")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="benchmark folder, e.g. sr-bench/Set5 (x{S}/*_LR.png + *_HR.png, or LR/ + HR/)")
-    parser.add_argument("--scale", type=int, help="upscaling factor (default: the model's)")
-    parser.add_argument("--crop-border", type=int, metavar="C", help="pixels ignored on each side (default: scale)")
-    parser.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
-    parser.add_argument("--tile", type=int, default=0, metavar="N", help="tile size (default 0: whole images)")
-    parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
-                        help="tile overlap (default: the model's recommendation)")
-    add_precision_argument(parser)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
-    add_backend_argument(parser)
-    parser.set_defaults(func=_run_eval)
-    return parser

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKENDS", "OnnxRuntimeModel", "add_backend_argument", "require_onnxruntime"]
+__all__ = ["BACKENDS", "OnnxRuntimeModel", "require_onnxruntime"]
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -27,13 +27,6 @@ def require_onnxruntime():
         raise ImportError("the onnxruntime backend needs the optional packages: pip install 'pixelforge[onnx]' "
                           "(onnx, onnxruntime)") from None
     return onnxruntime
-
-
-def add_backend_argument(parser) -> None:
-    """``--backend {torch,onnxruntime}`` of the tiled commands."""
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="torch (default), or onnxruntime: the model exported to ONNX at the --tile size (or "
-                             "an .onnx file from `pixelforge export` as --weights), fp32, CPU")
 
 
 class OnnxRuntimeModel(nn.Module):

@@ -39,7 +39,7 @@ from torch import nn
 __all__ = ["PRECISIONS", "MODES", "QUALITY_BOUNDS", "MIN_SPEEDUP", "NonFiniteOutputError", "PrecisionChoice",
            "resolve_device", "autocast", "check_finite", "bf16_capability", "probe_input", "output_quality",
            "quality_ok", "choose_precision", "choose_training_precision", "quantize_int8", "prepare_model",
-           "announce", "add_precision_argument"]
+           "announce"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("auto", *PRECISIONS, "int8")  # the --precision choices
@@ -427,10 +427,3 @@ def prepare_model(model: nn.Module, requested: str, device: torch.device | str, 
                    f"{' dB' if output == 'image' else ''}); use fp32 or auto for full quality")
     return quantized, PrecisionChoice("int8", "int8", f"{quantized.int8_layers} Linear layers int8, {text} on a probe",
                                       quality=quality, warning=warning)
-
-
-def add_precision_argument(parser, help_extra: str = "") -> None:
-    """``--precision {auto,fp32,bf16,fp16,int8}``, default auto, the same on every command."""
-    parser.add_argument("--precision", choices=MODES, default="auto",
-                        help="auto (default: bf16 autocast where measured faster and accurate, else fp32), fp32, "
-                             "bf16/fp16 autocast, or int8 (dynamic quantization of Linear layers, CPU)" + help_extra)

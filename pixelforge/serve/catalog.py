@@ -6,8 +6,6 @@ weights README, and option choices and defaults from the ``upscale`` and ``gener
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -43,26 +41,21 @@ class ModelInfo:
         return self.weights not in ("missing", "-")
 
 
-def cli_args(command: str, argv: list[str]) -> argparse.Namespace:
+def cli_args(command: str, argv: list[str]):
     """The namespace ``pixelforge COMMAND ARGV...`` would run with: the command's own defaults and checks."""
-    return _command_parser(command).parse_args(argv)
+    from ..cli import command_parser
+
+    return command_parser(command).parse_args(argv)
 
 
 def cli_choices(command: str, dest: str) -> tuple[list[str], str]:
     """(choices, default) of one option of a command, e.g. ``cli_choices("upscale", "precision")``."""
-    for action in _command_parser(command)._actions:
+    from ..cli import command_parser
+
+    for action in command_parser(command)._actions:
         if action.dest == dest:
             return list(action.choices or ()), action.default
     raise KeyError(f"pixelforge {command} has no option {dest}")
-
-
-def _command_parser(command: str) -> argparse.ArgumentParser:
-    from ..cli import COMMANDS
-
-    module, func = COMMANDS[command].split(":")
-    sub = argparse.ArgumentParser(prog="pixelforge").add_subparsers()
-    getattr(importlib.import_module(module), func)(sub)
-    return sub.choices[command]
 
 
 def readme_scores(text: str) -> dict[str, list[str]]:
@@ -121,8 +114,7 @@ def build_catalog(server_weights: dict[str, Path] | None = None) -> list[ModelIn
     """
     from timm.models import get_pretrained_cfg
 
-    from ..zoo import create_model, list_models
-    from ..zoo.cli import default_weights_status
+    from ..zoo import create_model, list_models, pretrained_status
     from ..zoo.weights import PACKAGE_WEIGHTS
 
     readme = PACKAGE_WEIGHTS / "README.md"
@@ -134,7 +126,7 @@ def build_catalog(server_weights: dict[str, Path] | None = None) -> list[ModelIn
             model = create_model(name)
         kind, task, scale = _describe(model)
         cfg = get_pretrained_cfg(name)
-        weights = "server file" if name in (server_weights or {}) else default_weights_status(name)
+        weights = "server file" if name in (server_weights or {}) else pretrained_status(name)
         catalog.append(ModelInfo(name, kind, task, sum(p.numel() for p in model.parameters()), weights, scale,
                                  scores.get(cfg.file, []) if cfg is not None and cfg.file else []))
     return catalog

@@ -128,28 +128,25 @@ def run_upscale(job: Job, req: UpscaleRequest, out_dir: Path, register: Register
     from ..data.image_io import ImageIOError, read_image, write_image
     from ..data.resize import imresize
     from ..infer.precision import resolve_device
-    from ..infer.upscale import CommandError, load_runner, one_line, process_image
-    from .catalog import cli_args
+    from ..infer.runner import RunnerError, load_runner, model_name, one_line, process_image
 
-    args = cli_args("upscale", ["-", "-o", "-"])
-    args.model, args.weights = req.model, None if req.weights is None else str(req.weights)
-    args.tile, args.tile_overlap, args.precision, args.device = req.tile, req.tile_overlap, req.precision, req.device
     job.update(state="running", message="loading the model")
     try:
         if req.tile < 0 or (req.tile_overlap is not None and not 0 <= req.tile_overlap < max(req.tile, 1)):
-            raise CommandError(f"need tile >= 0 and overlap in [0, tile), got tile {req.tile} and overlap "
+            raise RunnerError(f"need tile >= 0 and overlap in [0, tile), got tile {req.tile} and overlap "
                                f"{req.tile_overlap}")
         device = resolve_device(req.device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model, choice, tile = load_runner(args, device, None, req.tile or None)
+            model, choice, tile = load_runner(req.model, None if req.weights is None else str(req.weights), device,
+                                              tile=req.tile or None, precision=req.precision)
         for w in caught:
             job.add("notes", " ".join(str(w.message).split()))
-    except (CommandError, ValueError) as exc:
+    except (RunnerError, ValueError) as exc:
         job.update(state="failed", message=one_line(exc))
         return
     scale = int(getattr(model, "upscale", 1))
-    name = req.model or getattr(model, "pretrained_cfg", {}).get("architecture") or "model"
+    name = model_name(model, req.model)
     job.update(message=f"{name}, precision {choice.precision} ({choice.reason})")
     done, taken = [], set()
     for index, (path, shown) in enumerate(req.inputs):
@@ -189,9 +186,9 @@ def run_upscale(job: Job, req: UpscaleRequest, out_dir: Path, register: Register
 
 def _check_tokenizer_path(weights: Path, allowed: list[Path]) -> None:
     """A training config names its tokenizer by path: only files inside the page's own folders are read."""
-    from ..generative.cli import _training_config
+    from ..zoo import stored_training_config
 
-    named = _training_config(str(weights)).get("vqvae", {}).get("weights")
+    named = stored_training_config(weights).get("vqvae", {}).get("weights")
     if named and not any(Path(named).resolve().is_relative_to(root.resolve()) for root in allowed):
         raise ValueError(f"{weights.name} names its tokenizer weights by a path on the server; upload the tokenizer "
                          f"file as well")
@@ -200,17 +197,18 @@ def _check_tokenizer_path(weights: Path, allowed: list[Path]) -> None:
 def run_generate(job: Job, req: GenerateRequest, out_dir: Path, register: Register) -> None:
     """Generate with ``pixelforge generate``'s VAR or diffusion path; a grid plus every sample as a PNG."""
     from ..data.image_io import ImageIOError, write_image
+    from ..cli.generate import options_from_args
     from ..data.grid import make_grid
-    from ..generative.cli import _generate_diffusion, _generate_var, _is_var, _parse_classes
-    from ..infer.upscale import one_line
-    from ..zoo.cli import default_weights_status
+    from ..generative.generate import generate, is_var
+    from ..infer.runner import one_line
+    from ..zoo import pretrained_status
     from .catalog import cli_args
 
     job.update(state="running", message=f"generating with {req.model}")
     try:
         if not 1 <= req.n <= 64:
             raise ValueError("the number of images per class must be between 1 and 64")
-        if not req.weights and default_weights_status(req.model) in ("-", "missing"):
+        if not req.weights and pretrained_status(req.model) in ("-", "missing"):
             raise ValueError(f"no weights for {req.model}: pixelforge does not bundle generator weights yet; upload "
                              f"a weights file (a VAR model also needs its tokenizer) or start the page with "
                              f"`pixelforge serve --weights {req.model}=PATH`")
@@ -220,12 +218,12 @@ def run_generate(job: Job, req: GenerateRequest, out_dir: Path, register: Regist
         args.n, args.seed, args.device = req.n, req.seed, req.device
         for key, value in req.options.items():
             setattr(args, key, value)
-        classes = _parse_classes(req.classes)
-        is_var = _is_var(req.model)
-        if is_var and req.vae_weights is None and req.weights:
+        args.classes = req.classes
+        options = options_from_args(args)
+        if is_var(req.model) and req.vae_weights is None and req.weights:
             _check_tokenizer_path(req.weights[0], req.allowed_roots)
-        images, labels = (_generate_var if is_var else _generate_diffusion)(args, classes)
-        nrow = args.n if classes and len(classes) > 1 else min(len(images), 8)
+        images, labels, _ = generate(options)
+        nrow = args.n if options.classes and len(options.classes) > 1 else min(len(images), 8)
         grid = write_image(out_dir / f"grid-{job.id}.png", make_grid(images, nrow))
         files = []
         for i, (image, label) in enumerate(zip(images, labels)):

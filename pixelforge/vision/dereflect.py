@@ -7,7 +7,7 @@ dedicated dereflection model, is registered by :mod:`pixelforge.vision.rrformer`
 """
 from __future__ import annotations
 
-from ..zoo import create_model, register_model, resolve_weights
+from ..zoo import create_model, pretrained_file, register_model
 from .dense import DenseImageModel
 
 __all__: list[str] = []
@@ -19,10 +19,7 @@ def _create_dereflect(variant: str, base: str, pretrained: bool = False, **kwarg
     """
     weights = kwargs.pop("weights", None)
     if weights is None and pretrained:
-        file = default_cfgs[variant].get("file")
-        if not file:
-            raise FileNotFoundError(f"'{variant}' has no pretrained weights; pass weights=PATH")
-        weights = resolve_weights(file, variant)
+        weights = pretrained_file(variant)
     return create_model(base, weights=weights, **{"head": "restore", **kwargs})
 
 

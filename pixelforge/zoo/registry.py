@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .weights import FilterFn, load_weights, resolve_weights
+from .weights import FilterFn, load_weights, pretrained_file
 
 __all__ = ["register_model", "create_model", "list_models", "build_model", "is_model"]
 
@@ -67,7 +67,7 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
     ``kwargs`` may hold ``weights`` (a path or state dict) and timm's own factory arguments (ignored), and
     ``features_only`` (with ``out_indices``): the model is wrapped in timm's ``FeatureGetterNet``.
     With ``pretrained`` and no ``weights``, the file named in the variant's pretrained config is resolved with
-    :func:`~pixelforge.zoo.weights.resolve_weights`.
+    :func:`~pixelforge.zoo.weights.pretrained_file`.
     """
     weights = kwargs.pop("weights", None)
     for key in _TIMM_KWARGS:
@@ -80,9 +80,7 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
     cfg = get_pretrained_cfg(variant)
     model.pretrained_cfg = model.default_cfg = cfg.to_dict() if cfg is not None else {}  # as timm's builder does
     if weights is None and pretrained:
-        if cfg is None or not cfg.file:
-            raise FileNotFoundError(f"'{variant}' has no pretrained weights; pass weights=PATH")
-        weights = resolve_weights(cfg.file, variant)
+        weights = pretrained_file(variant)
     if weights is not None:
         load_weights(model, weights, filter_fn)
     if features_only:  # timm.create_model(name, features_only=True): models that implement forward_intermediates

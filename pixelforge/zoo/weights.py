@@ -10,7 +10,8 @@ from torch import nn
 
 from .checkpoint import CheckpointError, read_checkpoint, unwrap_state_dict
 
-__all__ = ["pixelforge_home", "resolve_weights", "load_weights", "save_weights", "FilterFn"]
+__all__ = ["pixelforge_home", "pretrained_file", "pretrained_status", "stored_training_config", "load_weights",
+           "save_weights", "FilterFn"]
 
 FilterFn = Callable[[dict, nn.Module], dict]
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
@@ -21,20 +22,55 @@ def pixelforge_home() -> Path:
     return Path(os.environ.get("PIXELFORGE_HOME", Path.home() / ".cache" / "pixelforge"))
 
 
-def resolve_weights(file_name: str, model_name: str) -> Path:
-    """Find a pretrained weights file by name: ``$PIXELFORGE_HOME/weights/<file>`` first, then package data.
+def pretrained_file(name: str) -> Path:
+    """The pretrained weights file of a registered model: its pretrained config's ``file``, looked for in
+    ``$PIXELFORGE_HOME/weights`` first, then in the package's bundled weights (nothing is ever downloaded).
 
     Raises:
-        FileNotFoundError naming both places when the file is in neither (nothing is downloaded).
+        FileNotFoundError naming the model when it has no pretrained file, or the file, both places looked in and
+        how the file is made (the pretrained config's notes, e.g. the ``pixelforge train`` config) when it is
+        missing.
     """
-    candidates = [pixelforge_home() / "weights" / file_name, PACKAGE_WEIGHTS / file_name]
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.file:
+        raise FileNotFoundError(f"'{name}' has no pretrained weights; pass weights=PATH")
+    candidates = [pixelforge_home() / "weights" / cfg.file, PACKAGE_WEIGHTS / cfg.file]
     for path in candidates:
         if path.is_file():
             return path
+    how = f" ({cfg.notes})" if cfg.notes else ""
     raise FileNotFoundError(
-        f"no pretrained weights for '{model_name}': looked for {candidates[0]} and {candidates[1]}. "
-        f"pixelforge never downloads; pass weights=PATH or put the file in $PIXELFORGE_HOME/weights."
+        f"the pretrained weights of '{name}', {cfg.file}{how}, are not installed: looked for {candidates[0]} and "
+        f"{candidates[1]}. pixelforge never downloads; pass weights=PATH or put the file in $PIXELFORGE_HOME/weights."
     )
+
+
+def pretrained_status(name: str) -> str:
+    """Where ``name``'s pretrained file is: ``-`` (none defined), ``$PIXELFORGE_HOME``, ``bundled``, ``missing``."""
+    try:
+        path = pretrained_file(name)
+    except FileNotFoundError as exc:
+        return "-" if "has no pretrained weights" in str(exc) else "missing"
+    return "bundled" if path.parent == PACKAGE_WEIGHTS else "$PIXELFORGE_HOME"
+
+
+def stored_training_config(path: str | os.PathLike | None) -> dict:
+    """The training config ``pixelforge train`` stores in a safetensors file's metadata (key ``config``); ``{}``
+    for other files (official checkpoints, converted or foreign safetensors, missing paths)."""
+    if path is None or not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return {}
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            cfg = json.loads((f.metadata() or {}).get("config", "{}"))
+    except Exception:  # a broken header or foreign metadata: reading the tensors later reports real problems
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def load_weights(model: nn.Module, source, filter_fn: FilterFn | None = None, strict: bool = True) -> nn.Module:

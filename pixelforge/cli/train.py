@@ -1,24 +1,25 @@
 """``pixelforge train CONFIG [key=value ...]``."""
 from __future__ import annotations
 
-import sys
+from .common import EXIT_OK, fail
+
+__all__ = ["add_parser"]
 
 
 def _run(args) -> int:
-    from .config import load_config
-    from .loop import train
+    from ..train.config import load_config
+    from ..train.loop import train
 
     try:
         cfg = load_config(args.config, args.overrides)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"pixelforge train: {exc}", file=sys.stderr)
-        return 2
+        return fail("train", exc)
     out = train(cfg)
     print(f"done: {out / 'model.safetensors'}")
-    return 0
+    return EXIT_OK
 
 
-def add_train_parser(sub) -> None:
+def add_parser(sub) -> None:
     """Add the ``train`` sub-command."""
     p = sub.add_parser("train", help="train a model from a YAML config (resumes automatically)")
     p.add_argument("config", help="YAML config, e.g. configs/sr/cfsr_x4.yaml")

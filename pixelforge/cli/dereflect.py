@@ -1,10 +1,10 @@
 """``pixelforge dereflect INPUT... -o OUT``: single-image reflection removal of files or folders, tile by tile.
 
-The shared image-to-image runner of ``upscale`` does the work (:func:`pixelforge.infer.upscale.run_image_to_image`):
-the tiled runner bounds memory by the tile, not the image (a 3840x2160 photo stays well under 4 GiB on the CPU with
-RRFormer), outputs are PNG files written atomically, and a bad input is reported on one line naming the file while
-the batch continues (exit code 1 and a summary at the end). This command adds ``--vgg-weights`` (RRFormer's
-hypercolumn VGG-19) and prints warnings (such as the random VGG-19 notice) as single lines.
+The image-to-image batch of ``upscale`` does the work (:func:`.image_to_image.run_image_to_image`): the tiled runner
+bounds memory by the tile, not the image (a 3840x2160 photo stays well under 4 GiB on the CPU with RRFormer),
+outputs are written atomically, and a bad input is reported on one line naming the file while the batch continues.
+This command adds ``--vgg-weights`` (RRFormer's hypercolumn VGG-19) and prints warnings (such as the random VGG-19
+notice) as single lines.
 """
 from __future__ import annotations
 
@@ -12,27 +12,22 @@ import sys
 import warnings
 from pathlib import Path
 
-from .upscale import add_image_to_image_arguments, run_image_to_image
+from .common import fail
+from .image_to_image import add_image_to_image_arguments, run_image_to_image
 
-__all__ = ["add_dereflect_parser"]
-
-_PROG = "pixelforge dereflect"
+__all__ = ["add_parser"]
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"{_PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"pixelforge dereflect: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _run(args) -> int:
     if args.vgg_weights is not None:
-        problem = None
         if not Path(args.vgg_weights).is_file():
-            problem = f"VGG-19 weights file not found: {args.vgg_weights}"
-        elif args.model is not None and not args.model.startswith("rrformer"):
-            problem = f"--vgg-weights applies to RRFormer models only, not '{args.model}'"
-        if problem:
-            print(f"{_PROG}: error: {problem}", file=sys.stderr)
-            return 1
+            return fail("dereflect", f"VGG-19 weights file not found: {args.vgg_weights}")
+        if args.model is not None and not args.model.startswith("rrformer"):
+            return fail("dereflect", f"--vgg-weights applies to RRFormer models only, not '{args.model}'")
         args.model_args = {"vgg_weights": args.vgg_weights}
     with warnings.catch_warnings():  # e.g. the random VGG-19 notice, as one line
         warnings.simplefilter("default")
@@ -40,7 +35,7 @@ def _run(args) -> int:
         return run_image_to_image(args, "dereflect")
 
 
-def add_dereflect_parser(subparsers):
+def add_parser(subparsers) -> None:
     """``pixelforge dereflect INPUT... -o OUT [--model NAME] [--weights W] [--vgg-weights V] [--tile N] ...``."""
     parser = subparsers.add_parser("dereflect", help="remove reflections from photos (files or folders)",
                                    description="Remove reflections with RRFormer or another dereflection model "
@@ -50,4 +45,3 @@ def add_dereflect_parser(subparsers):
                         help="torchvision VGG-19 weights for RRFormer's hypercolumn (default: vgg19.safetensors / "
                              "vgg19.pth in $PIXELFORGE_HOME/weights, else a fixed-seed random VGG-19, with a warning)")
     parser.set_defaults(func=_run)
-    return parser
