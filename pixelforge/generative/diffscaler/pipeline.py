@@ -168,15 +168,9 @@ def load_pipeline(model_name_or_path: str | os.PathLike, weights: str | list | N
 def _training_model_args(weights, name: str) -> dict:
     """``model.args`` of the training config that ``pixelforge train`` stores in a weights file, when it trained
     the model ``name`` ({} otherwise)."""
-    if weights is None or not str(weights).endswith(".safetensors"):
-        return {}
-    import json
+    from ...zoo import stored_training_config
 
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as f:
-        cfg = json.loads((f.metadata() or {}).get("config", "{}"))
-    model = cfg.get("model", {})
+    model = stored_training_config(weights).get("model", {})
     return dict(model.get("args", {})) if model.get("name") == name else {}
 
 
