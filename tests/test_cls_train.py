@@ -9,13 +9,13 @@ import tarfile
 import pytest
 import torch
 import yaml
+from conftest import REPO
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import REPO
+from pixelforge.cli.classify import add_parser as add_classify_parser
 from pixelforge.data import write_image
 from pixelforge.data.classification import ImageFolderDataset, unpack_archive
-from pixelforge.cli.classify import add_parser as add_classify_parser
 from pixelforge.train import TASKS
 from pixelforge.train.cls import ClassificationTask
 from pixelforge.train.loop import train
@@ -36,7 +36,7 @@ def _make_folder(root, per_class=8, size=16):
 
 def _config(tmp_path, data_root, **train):
     return {
-        "task": "cls", "seed": 1, "output_dir": str(tmp_path / "run"),
+        "recipe": "cls", "seed": 1, "output_dir": str(tmp_path / "run"),
         "model": {"name": "cct_2_3x2_32", "args": {"img_size": 16, "embed_dim": 32, "num_heads": 2, "depth": 2,
                                                    "conv_planes": 8, "drop_path_rate": 0.5}},
         "data": {"train_dir": str(data_root), "val_dir": str(data_root), "preload": True},
@@ -76,7 +76,7 @@ def test_image_folder_and_archive(tmp_path, folder):
 
 
 def test_evaluate_reports_top1_and_top5():
-    task = ClassificationTask({"data": {}})
+    task = ClassificationTask({"model": {"name": "cct_2_3x2_32"}, "data": {"train_dir": "unused"}})
     logits = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5], [0, 5, 4, 3, 2, 1]])
 
     class Fixed(torch.nn.Module):
@@ -107,7 +107,7 @@ def test_resume_is_exact(tmp_path, folder, trained, monkeypatch):
     monkeypatch.setitem(TASKS, "cls_crash", f"{__name__}:_Interrupted")
     cfg = _config(tmp_path / "b", folder)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train({**cfg, "task": "cls_crash"})
+        train({**cfg, "recipe": "cls_crash"})
     resumed = train(cfg)
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pixelforge.data.image_specs import build_image_dataset
 from pixelforge.generative.diffscaler import DiT
+from pixelforge.generative.diffscaler.loss import diffusion_loss
 from pixelforge.generative.diffscaler.pipeline import DiffScalerPipeline, load_pipeline
-from pixelforge.train.diffscaler import build_image_dataset, diffusion_loss
 
 MODEL = {"name": "dit_micro_2", "args": {"sample_size": 8, "num_layers": 1, "hidden_size": 32, "num_heads": 2,
                                          "num_classes": 2}}
@@ -60,8 +61,7 @@ def test_vb_term_vanishes_for_the_true_posterior_and_trains_only_sigma():
 
 
 def test_image_datasets(image_dirs):
-    cfg = {"data": {"hflip": False}}
-    ds = build_image_dataset({"dir": str(image_dirs / "tree"), "classes": ["c", "a"], "limit": 4}, cfg, 8, task=2,
+    ds = build_image_dataset({"dir": str(image_dirs / "tree"), "classes": ["c", "a"], "limit": 4}, 8, task=2,
                              training=False)
     assert len(ds) == 4 and ds.num_classes == 2
     items = [ds[i] for i in range(4)]
@@ -71,13 +71,13 @@ def test_image_datasets(image_dirs):
     ref = np.asarray(Image.open(image_dirs / "tree" / "a" / "0.png"), dtype=np.float32) / 127.5 - 1
     assert torch.allclose(x, torch.from_numpy(ref).permute(2, 0, 1))
     inv = build_image_dataset({"dir": str(image_dirs / "tree"), "classes": ["a"], "unconditional": True,
-                               "transform": "invert"}, cfg, 8, training=False)
+                               "transform": "invert"}, 8, training=False)
     assert inv.num_classes == 0 and inv[0]["label"] == 0 and torch.equal(inv[0]["image"], -x)
-    crops = build_image_dataset({"crops": [str(image_dirs / "big")], "length": 5}, cfg, 8, training=False)
+    crops = build_image_dataset({"crops": [str(image_dirs / "big")], "length": 5}, 8, training=False)
     assert len(crops) == 5 and crops.num_classes == 0
     assert torch.equal(crops[3]["image"], crops[3]["image"]) and crops[3]["image"].shape == (3, 8, 8)
     with pytest.raises(ValueError, match=r"classes \['z'\] not in"):
-        build_image_dataset({"dir": str(image_dirs / "tree"), "classes": ["z"]}, cfg, 8)
+        build_image_dataset({"dir": str(image_dirs / "tree"), "classes": ["z"]}, 8)
 
 
 def test_pretrain_then_adapt_only_task_parameters_change(image_dirs, tmp_path):
@@ -87,7 +87,7 @@ def test_pretrain_then_adapt_only_task_parameters_change(image_dirs, tmp_path):
     common = {"seed": 0, "train": {"batch_size": 4, "val_batch_size": 8, "total_steps": 3, "log_every": 1,
                                    "eval_every": 3, "checkpoint_every": 3},
               "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}, "scheduler": {"name": "constant"}}
-    pre = train({**common, "task": "dit", "output_dir": str(tmp_path / "pre"), "model": MODEL,
+    pre = train({**common, "recipe": "dit", "output_dir": str(tmp_path / "pre"), "model": MODEL,
                  "data": {"train": {"dir": tree, "classes": ["a", "b"]}, "val": {"dir": tree, "classes": ["a", "b"]}}})
     metrics = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert any("eval" in m and "val_loss" in m["eval"] for m in metrics)
@@ -97,7 +97,7 @@ def test_pretrain_then_adapt_only_task_parameters_change(image_dirs, tmp_path):
     tasks = [{"name": "newcls", "train": {"dir": tree, "classes": ["c", "a"]}, "val": {"dir": tree, "classes": ["c"]}},
              {"name": "crops", "train": {"crops": [str(image_dirs / "big")], "length": 8},
               "val": {"crops": [str(image_dirs / "big")], "length": 4}}]
-    out = train({**common, "task": "diffscaler", "output_dir": str(tmp_path / "ad"), "base": str(pre / "pipeline"),
+    out = train({**common, "recipe": "diffscaler", "output_dir": str(tmp_path / "ad"), "base": str(pre / "pipeline"),
                  "adapter": {"method": "diffscaler", "rank": 2}, "tasks": tasks})
     evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "eval" in line]
@@ -129,13 +129,12 @@ def test_latent_space_pretraining_with_a_vae(image_dirs, tmp_path):
     AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
                   sample_size=8).save_pretrained(tmp_path / "vae")
-    cfg = {"task": "dit", "vae": str(tmp_path / "vae"),
+    cfg = {"recipe": "dit", "vae": str(tmp_path / "vae"),
            "model": {"name": "dit_micro_2", "args": {**MODEL["args"], "sample_size": 4, "in_channels": 4,
                                                      "learn_sigma": True}},
            "data": {"train": {"dir": str(image_dirs / "tree"), "classes": ["a", "b"]}}}
     task = DiTTask(cfg)
-    model = task.build_model(cfg)
-    train_ds, _ = task.build_datasets(cfg)
+    model, train_ds, _ = task.setup()
     assert task.size == 8 and train_ds[0]["image"].shape == (3, 8, 8)  # 4x4 latents of a 2x-downsampling VAE
     batch = torch.utils.data.default_collate([train_ds[i] for i in range(4)])
     loss, logs = task.training_step(model, batch)

@@ -139,8 +139,7 @@ def test_dereflect_task_step_and_eval(image_folder, tmp_path, monkeypatch):
            "loss": {"pixel": "mse", "gradient_weight": 0.4, "adversarial_weight": 0.01}}
     task = resolve_task("dereflect")(cfg)
     assert task.perceptual is None  # no VGG-19 weights anywhere: the perceptual loss is off
-    model = task.build_model(cfg)
-    train, val_ds = task.build_datasets(cfg)
+    model, train, val_ds = task.setup()
     assert len(val_ds) == 3 and val_ds[0][0].shape == (3, 32, 32)
     batch = torch.utils.data.default_collate([train[0], train[1]])
     loss, logs = task.training_step(model, batch)

@@ -98,7 +98,7 @@ def test_crash_between_renames_resumes_from_the_newest_complete_checkpoint(tmp_p
     capsys.readouterr()
     resumed = train(cfg)
     assert f"resumed from {checkpoints / 'tmp'} at step 6" in capsys.readouterr().out
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["last"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best", "last"]
     assert _same_weights(straight, resumed)
     assert _steps(resumed) == [2, 4, 6, 8]
 
@@ -108,7 +108,7 @@ def test_metrics_are_truncated_back_to_the_checkpoint(tmp_path, folder, straight
     monkeypatch.setitem(TASKS, "cls_crash", f"{_Interrupted.__module__}:_Interrupted")
     cfg = _config(tmp_path, folder)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train({**cfg, "task": "cls_crash"})
+        train({**cfg, "recipe": "cls_crash"})
     assert _steps(tmp_path / "run") == [2, 4]
     resumed = train(cfg)
     assert _steps(resumed) == [2, 4, 6, 8]

@@ -28,7 +28,7 @@ def hr_folder(tmp_path_factory):
 
 def _config(out, root, **train_args):
     return {
-        "task": "sr", "seed": 3, "output_dir": str(out),
+        "recipe": "sr", "seed": 3, "output_dir": str(out),
         "model": {"name": "cfsr_x2", "args": {"deploy": False, "embed_dim": 8, "depths": [1], "dw_size": 5}},
         "data": {"scale": 2, "train_roots": [str(root)], "val_holdout": 1, "patch_size": 8, "repeat": 2},
         "train": {"batch_size": 2, "total_steps": 6, "log_every": 2, "eval_every": 3, "checkpoint_every": 2,

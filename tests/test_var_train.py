@@ -30,7 +30,7 @@ def test_vqvae_then_var_stages(tmp_path):
     vq_args = {"ch": 32, "ch_mult": [1, 2], "vocab_size": 32, "z_channels": 8, "patch_nums": PATCH_NUMS}
     common = {"train": {"batch_size": 4, "total_steps": 3, "eval_every": 3, "log_every": 1, "grad_clip": 1.0,
                         "val_batch_size": 2}, "scheduler": {"name": "constant"}}
-    stage1 = {"task": "var_vqvae", "output_dir": str(tmp_path / "vq"), "data": data,
+    stage1 = {"recipe": "var_vqvae", "output_dir": str(tmp_path / "vq"), "data": data,
               "model": {"name": "var_vqvae_f4_32", "args": vq_args}, "optimizer": {"name": "adamw", "lr": 1e-3},
               **common}
     out1 = train(stage1)
@@ -40,7 +40,7 @@ def test_vqvae_then_var_stages(tmp_path):
     assert logs[0]["reseeded"] == 32  # the codebook is seeded from encoder outputs before the first pass
     assert logs[1]["reseeded"] == 0  # ... and every code starts with a grace period
 
-    stage2 = {"task": "var", "output_dir": str(tmp_path / "var"), "data": data,
+    stage2 = {"recipe": "var", "output_dir": str(tmp_path / "var"), "data": data,
               "model": {"name": "var_d6_32", "args": {"vocab_size": 32, "Cvae": 8, "num_classes": 2, "depth": 1,
                                                       "embed_dim": 32, "num_heads": 2, "patch_nums": PATCH_NUMS}},
               "vqvae": {"name": "var_vqvae_f4_32", "weights": str(out1 / "model.safetensors"), "args": vq_args},
@@ -54,6 +54,6 @@ def test_vqvae_then_var_stages(tmp_path):
     ev = _evals(out2 / "metrics.jsonl")[-1]
     assert {f"acc_s{s}" for s in range(4)} <= set(ev) and 0 <= ev["acc"] <= 1 and ev["loss"] > 0
     assert ev["FD-resnet10t"] >= 0
-    grid = read_image(out2 / "samples.png").pixels
+    grid = read_image(out2 / "samples" / "step_00000003.png").pixels
     assert grid.shape == (3, 2 * 18 + 2, 2 * 18 + 2)  # 2 classes x 2 samples of 16x16, 2 px padding
     assert (out2 / "model.safetensors").is_file()

@@ -98,12 +98,13 @@ def feature_extractor(args):
 def real_stats(extractor, task_spec: dict, cfg: dict, size: int, n: int):
     from torch.utils.data import DataLoader
 
+    from pixelforge.data.image_specs import build_image_dataset
     from pixelforge.metrics.frechet import FeatureStats
-    from pixelforge.train.diffscaler import build_image_dataset
 
     spec = dict(task_spec["val"])
     spec["length" if "crops" in spec else "limit"] = n  # an equal share of every class
-    ds = build_image_dataset(spec, cfg, size, training=False)
+    d = cfg.get("data", {})
+    ds = build_image_dataset(spec, size, training=False, archive=d.get("archive"), cache_dir=d.get("cache_dir"))
     if len(ds) < n:
         raise ValueError(f"task '{task_spec['name']}' has {len(ds)} held-out images, fewer than --samples {n}")
     stats = FeatureStats()

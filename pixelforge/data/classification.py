@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ..zoo import pixelforge_home
 from .image_io import IMAGE_SUFFIXES, quantize, read_image
 
-__all__ = ["ImageFolderDataset", "folder_classes", "unpack_archive", "read_archive_split"]
+__all__ = ["ImageFolderDataset", "folder_classes", "read_archive_split", "resolve_data_config", "unpack_archive"]
 
 
 def folder_classes(root: str | os.PathLike) -> list[str]:
@@ -83,6 +83,21 @@ class ImageFolderDataset(Dataset):
         arr = self._pixels[index] if self._pixels is not None else self._decode(self.samples[index][0])
         img = Image.fromarray(arr)
         return (self.transform(img) if self.transform is not None else img), self.targets[index]
+
+
+def resolve_data_config(model_name: str, model_args: dict | None = None, img_size: int | None = None,
+                        mean=None, std=None, interpolation: str | None = None, crop_pct: float | None = None) -> dict:
+    """A classifier's input pipeline: the values given, else ``model_args["img_size"]`` and the model's pretrained
+    config, else ImageNet's. Returns {input_size (3, S, S), mean, std, interpolation, crop_pct}."""
+    from timm.models import get_pretrained_cfg
+
+    pre = get_pretrained_cfg(model_name)
+    pre = pre.to_dict() if pre is not None else {}
+    size = int(img_size or (model_args or {}).get("img_size") or pre.get("input_size", (3, 224, 224))[-1])
+    return {"input_size": (3, size, size), "mean": tuple(mean or pre.get("mean", (0.485, 0.456, 0.406))),
+            "std": tuple(std or pre.get("std", (0.229, 0.224, 0.225))),
+            "interpolation": interpolation or pre.get("interpolation", "bicubic"),
+            "crop_pct": float(crop_pct or pre.get("crop_pct", 0.875))}
 
 
 def unpack_archive(archive: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

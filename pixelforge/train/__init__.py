@@ -1,6 +1,6 @@
-"""Training: one task class per kind of model, all run by the shared accelerate loop in :mod:`.loop`.
+"""Training: one recipe (task class) per kind of model, all run by the shared accelerate loop in :mod:`.loop`.
 
-``TASKS`` maps a config's ``task:`` to ``"module:Class"``; classes are imported lazily.
+``TASKS`` maps a config's ``recipe:`` to ``"module:Class"``; classes are imported lazily.
 """
 TASKS = {
     "sr": "pixelforge.train.sr:SRTask",

@@ -1,24 +1,23 @@
-"""The one training loop every task runs on: accelerate, timm optimisers/schedulers, EMA, exact resume, JSONL logs.
+"""The one training loop every recipe runs on: accelerate (gradient accumulation, trackers, FSDP, compile),
+timm optimisers and schedulers, EMA, exact resume, JSONL logs, kept and best checkpoints, curves.
 
-A task (see :class:`TrainTask`) supplies the model, the datasets, the loss of a batch and the evaluation; this loop
-does everything else. Config sections it reads (all optional but ``task``):
-
-    seed: 0
-    output_dir: runs/NAME
-    train: {batch_size, num_workers, total_steps | epochs, eval_every, checkpoint_every, log_every, grad_clip,
-            mixed_precision: auto|no|bf16|fp16, ema_decay, ema_warmup: true, max_minutes, resume: true}
-    optimizer: {name: adamw, lr, weight_decay, ...}      (timm.optim.create_optimizer_v2)
-    scheduler: {name: cosine|constant, warmup_steps, warmup_lr, min_lr}
+A recipe (see :class:`TrainTask`) supplies the model and datasets (``setup``), the loss of a batch and the
+evaluation; this loop does everything else. The sections it reads are :class:`~pixelforge.train.config.RunConfig`'s
+(``recipe``, ``seed``, ``output_dir``, ``train``, ``optimizer``, ``scheduler``); ``pixelforge train CONFIG
+--print-config`` prints them resolved, with every default.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,40 +27,72 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.image_io import remove_stale_temporaries
 from ..zoo import save_weights
-from .state import adopt_checkpoint, find_checkpoint, load_training_state, save_training_state, truncate_metrics
+from .config import RunConfig, config_to_dict, parse_config
+from .state import (
+    adopt_checkpoint,
+    find_checkpoint,
+    keep_newest,
+    load_training_state,
+    save_training_state,
+    truncate_metrics,
+)
 
-__all__ = ["TrainTask", "train", "resolve_task"]
+__all__ = ["TaskParts", "TrainTask", "resolve_task", "train"]
+
+
+class TaskParts(NamedTuple):
+    """What :meth:`TrainTask.setup` returns."""
+    model: nn.Module
+    train: Dataset
+    val: Dataset | None
 
 
 class TrainTask:
-    """What a kind of training supplies to the loop. Subclasses implement the four methods marked required.
+    """What a recipe supplies to the loop: ``Config`` (its typed sections), ``setup``, ``training_step`` and the
+    evaluation (``evaluate_batch`` + ``summarize``, run on every process over its share of the validation set and
+    gathered; or ``evaluate`` alone, run on the main process over the whole set).
 
-    ``main_metric``: the evaluation key logged as the run's headline figure (higher is better unless
-    ``main_metric_mode = "min"``).
+    ``main_metric``: the evaluation key logged as the run's headline figure and used for the ``best`` checkpoint
+    (higher is better unless ``main_metric_mode = "min"``).
     """
 
+    Config: type[RunConfig] = RunConfig
     main_metric: str | None = None
     main_metric_mode: str = "max"
     collate_fn = None
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
+    def __init__(self, cfg: dict | RunConfig):
+        self.cfg = parse_config(cfg, type(self).Config)
 
-    def build_model(self, cfg: dict) -> nn.Module:
-        """Required: the model to train (trainable parameters have ``requires_grad``)."""
-        raise NotImplementedError
-
-    def build_datasets(self, cfg: dict) -> tuple[Dataset, Dataset | None]:
-        """Required: (training set, validation set or None)."""
+    def setup(self) -> TaskParts:
+        """Required: (model to train, training set, validation set or None). Trainable parameters have
+        ``requires_grad``."""
         raise NotImplementedError
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
         """Required: (scalar loss, dict of floats to log) for one batch already on the device."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, val_loader: DataLoader) -> dict:
-        """Required: metrics of ``model`` (eval mode) on the validation loader."""
+    def evaluate_batch(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        """Per-sample values of one validation batch: name → (B,) tensor (gathered over processes)."""
         raise NotImplementedError
+
+    def summarize(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics from the per-sample values of the whole validation set (name → (N,)); default: means."""
+        return {k: float(v.float().mean()) for k, v in values.items()}
+
+    def evaluate(self, model: nn.Module, val_loader) -> dict:
+        """Metrics of ``model`` (eval mode) on the validation loader, in one process."""
+        values: dict[str, list[torch.Tensor]] = {}
+        for batch in val_loader:
+            for k, v in self.evaluate_batch(model, batch).items():
+                values.setdefault(k, []).append(v.detach().cpu())
+        return self.summarize({k: torch.cat(v) for k, v in values.items()})
+
+    def sample(self, model: nn.Module, folder: Path, step: int) -> Path | None:
+        """Generators: write a sample grid of ``model`` into ``folder`` (``step_XXXXXXXX.png``) at each validation;
+        returns its path. Default: nothing."""
+        return None
 
     def export(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> Path:
         """Write the deployable weights (safetensors). Override to convert (e.g. merge re-parameterised branches)."""
@@ -69,17 +100,24 @@ class TrainTask:
 
 
 def resolve_task(name: str) -> type[TrainTask]:
-    """The task class registered under ``name`` in :data:`pixelforge.train.TASKS`."""
+    """The task class registered under the recipe ``name`` in :data:`pixelforge.train.TASKS`."""
     from . import TASKS
 
     if name not in TASKS:
-        raise ValueError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(TASKS), n=1)
+        raise ValueError(f"unknown recipe '{name}'{f' (did you mean {close[0]!r}?)' if close else ''}; known: "
+                         f"{', '.join(sorted(TASKS))}")
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
-def _mixed_precision(tcfg: dict, task: TrainTask, model: nn.Module, train_ds: Dataset, seed: int, cpu: bool,
-                     name: str):
+def _distributed_eval(task: TrainTask) -> bool:
+    return type(task).evaluate_batch is not TrainTask.evaluate_batch
+
+
+def _mixed_precision(tcfg, task: TrainTask, model: nn.Module, train_ds: Dataset, seed: int, cpu: bool, name: str):
     """``train.mixed_precision``: ``no``/``fp32``, ``bf16``, ``fp16`` as given; ``auto`` (the default) measured by
     :func:`~pixelforge.infer.precision.choose_training_precision` on one step of the first batch, by the main
     process, and shared with the others. Returns a PrecisionChoice (precision fp32, bf16 or fp16)."""
@@ -89,15 +127,14 @@ def _mixed_precision(tcfg: dict, task: TrainTask, model: nn.Module, train_ds: Da
 
     from ..infer.precision import PrecisionChoice, choose_training_precision
 
-    requested = tcfg.get("mixed_precision", "auto")
-    requested = "no" if requested is False else str(requested)  # YAML 1.1 reads a bare no as false
+    requested = tcfg.mixed_precision
     if requested != "auto":
         return PrecisionChoice(requested, "fp32" if requested in ("no", "fp32") else requested, "requested")
     state = PartialState(cpu=cpu)
     choice = [None]
     if state.is_main_process:
         items = _SeededItems(train_ds, seed)
-        n = min(int(tcfg.get("batch_size", 16)), len(train_ds))
+        n = min(tcfg.batch_size, len(train_ds))
         batch = send_to_device((task.collate_fn or default_collate)([items[(0, i)] for i in range(n)]), state.device)
         choice = [choose_training_precision(model.to(state.device), batch, lambda m, b: task.training_step(m, b)[0],
                                             name or type(model).__name__, state.device)]
@@ -134,16 +171,16 @@ class _SeededItems(Dataset):
 
 
 class _Counter:
-    """The loop's own resumable state."""
+    """The loop's own resumable state: optimiser step, best main metric, number of validations."""
 
     def __init__(self):
-        self.step, self.best = 0, None
+        self.step, self.best, self.evals = 0, None, 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "best": self.best}
+        return {"step": self.step, "best": self.best, "evals": self.evals}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.best = int(state["step"]), state["best"]
+        self.step, self.best, self.evals = int(state["step"]), state["best"], int(state.get("evals", 0))
 
 
 def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list]:
@@ -154,17 +191,20 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wo
             for s in range(0, len(per_rank) - batch_size + 1, batch_size)]
 
 
-def _build_scheduler(optimizer, cfg: dict, total_steps: int):
-    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+def build_scheduler(optimizer, cfg, total_steps: int, mode: str = "max"):
+    """timm's scheduler factory (``create_scheduler_v2``) on the ``scheduler:`` section, in optimiser steps
+    (``plateau``: in validations, stepped with the main metric)."""
+    from timm.scheduler import create_scheduler_v2
 
-    name = cfg.get("name", "cosine")
-    common = dict(warmup_t=int(cfg.get("warmup_steps", 0)), warmup_lr_init=float(cfg.get("warmup_lr", 1e-6)),
-                  t_in_epochs=False)
-    if name == "cosine":
-        return CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=float(cfg.get("min_lr", 1e-6)), **common)
-    if name == "constant":
-        return StepLRScheduler(optimizer, decay_t=10 ** 12, decay_rate=1.0, **common)
-    raise ValueError(f"unknown scheduler '{name}' (cosine, constant)")
+    if cfg.name == "step" and cfg.decay_steps is None:
+        raise ValueError("scheduler.decay_steps is needed by the step schedule")
+    plateau = cfg.name == "plateau"
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg.name, num_epochs=total_steps, decay_epochs=cfg.decay_steps,
+        decay_milestones=list(cfg.milestones), cooldown_epochs=cfg.cooldown_steps, patience_epochs=cfg.patience,
+        decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_steps,
+        warmup_prefix=cfg.warmup_prefix, plateau_mode=mode, step_on_epochs=plateau, updates_per_epoch=1)
+    return scheduler
 
 
 def _atomic_json_line(path: Path, record: dict) -> None:
@@ -172,59 +212,102 @@ def _atomic_json_line(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: dict) -> Path:
-    """Run (or resume) the training described by ``cfg``; returns the output directory.
+def _channels_last(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    if isinstance(batch, dict):
+        return {k: _channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_channels_last(v) for v in batch)
+    return batch
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    """Config as flat scalars for trackers' hyper-parameter tables."""
+    out = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _accelerator(tcfg, precision: str, cpu: bool, out: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import TorchDynamoPlugin
+
+    # each run picks its own precision; accelerate's state (a process-wide singleton) would refuse a second one
+    AcceleratorState._reset_state()
+    dynamo = None
+    if tcfg.compile:
+        dynamo = TorchDynamoPlugin(backend="inductor" if tcfg.compile is True else str(tcfg.compile))
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu,
+                       gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
+                       log_with=None if tcfg.log_with == "none" else tcfg.log_with, project_dir=str(out),
+                       dynamo_plugin=dynamo)
+
+
+def train(cfg: dict | RunConfig) -> Path:
+    """Run (or resume) the training described by ``cfg`` (a raw config dict or a parsed one); returns the output
+    directory.
 
     Writes ``metrics.jsonl``, ``checkpoints/last`` (exact resume: model, optimiser, scheduler, EMA, RNG, step; read
     back without unpickling objects, from the newest complete checkpoint, see :mod:`pixelforge.train.state`),
-    ``config.yaml`` and the final ``model.safetensors`` (EMA weights when EMA is on).
+    ``checkpoints/step_*`` (``train.keep_checkpoints``), ``checkpoints/best`` (best validation metric),
+    ``config.yaml`` (resolved), ``curves.png``, ``samples/`` (generators) and the final ``model.safetensors``
+    (EMA weights when EMA is on; full weights under FSDP).
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import send_to_device, set_seed
+    from accelerate.utils import broadcast_object_list, send_to_device, set_seed
     from timm.optim import create_optimizer_v2
-    from timm.utils import ModelEmaV3
 
-    task = resolve_task(cfg["task"])(cfg)
-    tcfg = cfg.get("train", {})
-    seed = int(cfg.get("seed", 0))
-    out = Path(cfg.get("output_dir") or f"runs/{cfg['task']}")
-    cpu = bool(tcfg.get("cpu", not torch.cuda.is_available()))
+    from .ema import ModelEma, is_sharded
+
+    cfg = parse_config(cfg)
+    task = resolve_task(cfg.recipe)(cfg)
+    tcfg, seed, out = cfg.train, cfg.seed, cfg.out_dir
+    cpu = tcfg.cpu if tcfg.cpu is not None else not torch.cuda.is_available()
+    cfg_dict = config_to_dict(cfg)
     set_seed(seed)
-    model = task.build_model(cfg)
-    train_ds, val_ds = task.build_datasets(cfg)
-    precision = _mixed_precision(tcfg, task, model, train_ds, seed, cpu, str(cfg.get("model", {}).get("name", "")))
-    # each run picks its own precision; accelerate's state (a process-wide singleton) would refuse a second one
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision="no" if precision.precision == "fp32" else precision.precision, cpu=cpu)
+    model, train_ds, val_ds = task.setup()
+    model_name = str(getattr(getattr(cfg, "model", None), "name", ""))
+    precision = _mixed_precision(tcfg, task, model, train_ds, seed, cpu, model_name)
+    accelerator = _accelerator(tcfg, precision.precision, cpu, out)
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         remove_stale_temporaries(out)
     if precision.reason != "requested":
         accelerator.print(f"train: {precision}")
-    batch_size = int(tcfg.get("batch_size", 16))
-    n_batches = len(train_ds) // accelerator.num_processes // batch_size
-    if n_batches == 0:
-        raise ValueError(f"training set of {len(train_ds)} items is smaller than one batch of {batch_size}")
-    total = int(tcfg.get("total_steps") or int(tcfg.get("epochs", 1)) * n_batches)
-    opt_cfg = dict(cfg.get("optimizer", {"name": "adamw", "lr": 1e-3}))
-    optimizer = create_optimizer_v2(model, opt=opt_cfg.pop("name", "adamw"), **opt_cfg)
-    scheduler = _build_scheduler(optimizer, cfg.get("scheduler", {}), total)
+    if tcfg.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"train.grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing")
+        model.set_grad_checkpointing(True)
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    accum = tcfg.gradient_accumulation_steps
+    micro_per_epoch = len(train_ds) // accelerator.num_processes // tcfg.batch_size
+    if micro_per_epoch == 0:
+        raise ValueError(f"training set of {len(train_ds)} items is smaller than one batch of {tcfg.batch_size}")
+    total = tcfg.total_steps or max(1, tcfg.epochs * micro_per_epoch // accum)
+    optimizer = create_optimizer_v2(model, **cfg.optimizer.kwargs())
+    scheduler = build_scheduler(optimizer, cfg.scheduler, total, task.main_metric_mode)
+    # under FSDP the main process keeps a plain copy to export the gathered full weights into
+    plain_copy = copy.deepcopy(model) if is_sharded(accelerator) and main else None
     model, optimizer = accelerator.prepare(model, optimizer)
     counter = _Counter()
-    ema = None
-    if tcfg.get("ema_decay"):
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=float(tcfg["ema_decay"]),
-                         use_warmup=bool(tcfg.get("ema_warmup", True)))
+    ema = ModelEma(accelerator, model, tcfg.ema_decay, tcfg.ema_warmup) if tcfg.ema_decay else None
     plain = {"scheduler": scheduler, "counter": counter}  # checkpointed with the model, optimiser and EMA
     if accelerator.scaler is not None:
         plain["scaler"] = accelerator.scaler
+    if tcfg.log_with != "none":
+        accelerator.init_trackers(tcfg.log_with, config=_flat(cfg_dict))
 
     ckpt_root = out / "checkpoints"
-    ckpt_dir = ckpt_root / "last"
-    found = find_checkpoint(ckpt_root) if tcfg.get("resume", True) else None
+    found = find_checkpoint(ckpt_root) if tcfg.resume else None
     if found is not None:  # the newest complete one: a crash between the renames below leaves it in tmp or old
         load_training_state(found, accelerator, model, optimizer, ema, plain)
         accelerator.wait_for_everyone()
@@ -234,98 +317,139 @@ def train(cfg: dict) -> Path:
         accelerator.wait_for_everyone()
         accelerator.print(f"resumed from {found} at step {counter.step}")
 
-    def save_checkpoint() -> None:
-        tmp = ckpt_root / "tmp"
+    def save_checkpoint(slot: str = "last", extra: dict | None = None) -> None:
+        """Write ``checkpoints/<slot>`` (``last``: the resume point, via ``tmp`` and ``old``; ``best``)."""
+        tmp, old = (ckpt_root / "tmp", ckpt_root / "old") if slot == "last" else (ckpt_root / f"{slot}.tmp",
+                                                                                   ckpt_root / f"{slot}.old")
         if main and tmp.exists():
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
-        save_training_state(tmp, accelerator, model, optimizer, ema, plain, counter.step)
+        save_training_state(tmp, accelerator, model, optimizer, ema, plain, counter.step, extra)
         if main:
-            old = ckpt_root / "old"
-            if ckpt_dir.exists():
-                ckpt_dir.rename(old)
-            tmp.rename(ckpt_dir)
+            target = ckpt_root / slot
+            if target.exists():
+                target.rename(old)
+            tmp.rename(target)
+            if slot == "last" and tcfg.keep_checkpoints > 1 and old.exists():
+                keep_newest(ckpt_root, old, tcfg.keep_checkpoints - 1)
             shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
     val_loader = None
     if val_ds is not None:
-        val_loader = DataLoader(val_ds, batch_size=int(tcfg.get("val_batch_size", 1)), shuffle=False,
-                                num_workers=int(tcfg.get("num_workers", 0)), collate_fn=task.collate_fn)
+        val_loader = DataLoader(val_ds, batch_size=tcfg.val_batch_size, shuffle=False,
+                                num_workers=tcfg.num_workers, collate_fn=task.collate_fn)
+        if _distributed_eval(task):
+            val_loader = accelerator.prepare(val_loader)  # each process its share; gather_for_metrics drops padding
 
     def run_eval() -> dict:
-        if val_loader is None or not main:
+        if val_loader is None:
             return {}
-        net = ema.module if ema is not None else accelerator.unwrap_model(model)
-        was_training = net.training
-        net.eval()
-        with torch.inference_mode(), accelerator.autocast():
-            metrics = task.evaluate(net, val_loader)
-        net.train(was_training)
+        metrics = {}
+        with ema.applied() if ema is not None else nullcontext(model) as net, torch.inference_mode(), \
+                accelerator.autocast():
+            was_training = net.training
+            net.eval()
+            if _distributed_eval(task):
+                values: dict[str, list[torch.Tensor]] = {}
+                for batch in val_loader:
+                    for k, v in accelerator.gather_for_metrics(task.evaluate_batch(net, batch)).items():
+                        values.setdefault(k, []).append(v.detach().float().cpu())
+                metrics = task.summarize({k: torch.cat(v) for k, v in values.items()})
+            elif main:
+                metrics = task.evaluate(accelerator.unwrap_model(net), val_loader)
+            if main:
+                task.sample(accelerator.unwrap_model(net), out / "samples", counter.step)
+            net.train(was_training)
+        metrics = broadcast_object_list([metrics])[0]
+        counter.evals += 1
         key = task.main_metric
+        improved = False
         if key in metrics:
-            better = (counter.best is None or (metrics[key] > counter.best if task.main_metric_mode == "max"
-                                                else metrics[key] < counter.best))
-            counter.best = metrics[key] if better else counter.best
-        _atomic_json_line(out / "metrics.jsonl", {"step": counter.step, "eval": metrics})
-        accelerator.print(f"step {counter.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            improved = (counter.best is None or (metrics[key] > counter.best if task.main_metric_mode == "max"
+                                                  else metrics[key] < counter.best))
+            counter.best = metrics[key] if improved else counter.best
+            if cfg.scheduler.name == "plateau":
+                scheduler.step(counter.evals, metrics[key])
+        if main:
+            _atomic_json_line(out / "metrics.jsonl", {"step": counter.step, "eval": metrics})
+            accelerator.print(f"step {counter.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if tcfg.log_with != "none":
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=counter.step)
+        if improved and tcfg.keep_best:
+            save_checkpoint("best", {"metric": key, "value": metrics[key]})
+        write_curves()
         return metrics
 
+    def write_curves() -> None:
+        if main and tcfg.curves:
+            from .curves import plot_runs
+
+            plot_runs([out], out / "curves.png", metric=task.main_metric)
+
     seeded = _SeededItems(train_ds, seed)
-    num_workers = int(tcfg.get("num_workers", 0))
-    log_every, eval_every = int(tcfg.get("log_every", 50)), int(tcfg.get("eval_every", 1000))
-    ckpt_every = int(tcfg.get("checkpoint_every", 1000))
-    clip = float(tcfg.get("grad_clip", 0.0))
-    deadline = time.time() + 60 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") else None
+    clip = tcfg.grad_clip
+    deadline = time.time() + 60 * tcfg.max_minutes if tcfg.max_minutes is not None else None
     model.train()
-    started, running = time.time(), {}
+    started, running, micro = time.time(), {}, 0
     stop = counter.step >= total
     while not stop:
-        epoch, skip = divmod(counter.step, n_batches)
-        batches = _epoch_batches(len(train_ds), batch_size, seed, epoch, accelerator.process_index,
+        epoch, skip = divmod(counter.step * accum, micro_per_epoch)
+        batches = _epoch_batches(len(train_ds), tcfg.batch_size, seed, epoch, accelerator.process_index,
                                  accelerator.num_processes)[skip:]
         # own generator: creating the iterator must not draw from the global RNG (a resumed run would be shifted)
-        loader = DataLoader(seeded, batch_sampler=batches, num_workers=num_workers, collate_fn=task.collate_fn,
+        loader = DataLoader(seeded, batch_sampler=batches, num_workers=tcfg.num_workers, collate_fn=task.collate_fn,
                             persistent_workers=False, generator=torch.Generator().manual_seed(seed + epoch))
         for batch in loader:
             batch = send_to_device(batch, accelerator.device)
-            with accelerator.autocast():
-                loss, logs = task.training_step(model, batch)
-            accelerator.backward(loss)
-            if clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            counter.step += 1
-            scheduler.step_update(counter.step)
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model), step=counter.step)
+            if tcfg.channels_last:
+                batch = _channels_last(batch)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, logs = task.training_step(model, batch)
+                accelerator.backward(loss)
+                if clip > 0 and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             for k, v in {"loss": loss.detach().float().item(), **logs}.items():
-                running[k] = running.get(k, 0.0) + float(v)
-            if counter.step % log_every == 0 and main:
-                record = {k: v / log_every for k, v in running.items()}
+                running[k] = running.get(k, 0.0) + float(v) / accum
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            counter.step += 1
+            if cfg.scheduler.name != "plateau":
+                scheduler.step_update(counter.step)
+            if ema is not None:
+                ema.update(counter.step)
+            if counter.step % tcfg.log_every == 0:
+                record = {k: v / tcfg.log_every for k, v in running.items()}
                 record.update(step=counter.step, epoch=epoch, lr=optimizer.param_groups[0]["lr"],
                               elapsed_s=round(time.time() - started, 1))
-                _atomic_json_line(out / "metrics.jsonl", record)
-                accelerator.print(json.dumps(record))
-            if counter.step % log_every == 0:
+                if main:
+                    _atomic_json_line(out / "metrics.jsonl", record)
+                    accelerator.print(json.dumps(record))
+                if tcfg.log_with != "none":
+                    accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=counter.step)
                 running = {}
             out_of_time = deadline is not None and time.time() > deadline
             stop = counter.step >= total or out_of_time
-            if counter.step % eval_every == 0 or stop:
+            if counter.step % tcfg.eval_every == 0 or stop:
                 run_eval()
-            if counter.step % ckpt_every == 0 or stop:
+            if counter.step % tcfg.checkpoint_every == 0 or stop:
                 save_checkpoint()
             if stop:
                 break
 
+    # every process takes part (FSDP gathers the shards); the main process exports a plain module
+    state = ema.full_state_dict() if ema is not None else accelerator.get_state_dict(model)
     if main:
-        net = ema.module if ema is not None else accelerator.unwrap_model(model)
-        meta = {"task": cfg["task"], "model": str(cfg.get("model", {}).get("name", "")), "step": str(counter.step),
-                "ema": str(ema is not None), "config": json.dumps(cfg), "precision": json.dumps(precision.as_dict())}
+        net = plain_copy if plain_copy is not None else accelerator.unwrap_model(model)
+        net.load_state_dict(state)
+        meta = {"recipe": cfg.recipe, "model": model_name, "step": str(counter.step), "ema": str(ema is not None),
+                "config": json.dumps(cfg_dict), "precision": json.dumps(precision.as_dict())}
         task.export(net, out / "model.safetensors", meta)
+        write_curves()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
-
-

@@ -2,11 +2,12 @@
 
 A checkpoint is a folder (``checkpoints/last``; ``tmp`` while it is written, ``old`` for the one it replaces):
 
-- ``model.safetensors`` and, with EMA, ``ema.safetensors``: the weights;
+- ``model.safetensors`` (full weights, gathered under FSDP) and, with EMA, ``ema.safetensors`` (under FSDP
+  ``ema_{rank}.safetensors``: each process's EMA shards; resuming needs the same number of processes);
 - ``optimizer.pt`` and ``state.pt`` (scheduler, loop counter, gradient scaler): tensors and plain data, read with
   ``torch.load(weights_only=True)`` through :func:`pixelforge.zoo.read_checkpoint`, which refuses anything else;
 - ``rng_{rank}.safetensors``: every process's Python, NumPy, torch (and CUDA) RNG states, stored as tensors;
-- ``complete.json``: written last, once every other file of every process is on disk; a folder without it is
+- ``complete.json``: written last (the step, the number of processes, and for ``best`` the metric), once every other file of every process is on disk; a folder without it is
   incomplete and never loaded.
 
 accelerate's own ``save_state`` writes pickles (``*.pkl``) that its ``load_state`` unpickles in full, so a replaced
@@ -28,8 +29,15 @@ from torch import nn
 from ..data.image_io import atomic_open
 from ..zoo import CheckpointError, read_checkpoint, save_weights
 
-__all__ = ["COMPLETE", "save_training_state", "load_training_state", "find_checkpoint", "adopt_checkpoint",
-           "truncate_metrics"]
+__all__ = [
+    "COMPLETE",
+    "adopt_checkpoint",
+    "find_checkpoint",
+    "keep_newest",
+    "load_training_state",
+    "save_training_state",
+    "truncate_metrics",
+]
 
 COMPLETE = "complete.json"
 _SLOTS = ("last", "tmp", "old")  # the folders a checkpoint can be in, see the module docstring
@@ -69,46 +77,68 @@ def _write(path: Path, obj) -> None:
         f.write(buffer.getvalue())
 
 
-def save_training_state(folder: Path, accelerator, model: nn.Module, optimizer, ema: nn.Module | None,
-                        plain: dict, step: int) -> None:
+def _fsdp(model: nn.Module):
+    """The FSDP (version 1) class when ``model`` is wrapped by it, else None."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel if isinstance(model, FullyShardedDataParallel) else None
+
+
+def save_training_state(folder: Path, accelerator, model: nn.Module, optimizer, ema, plain: dict, step: int,
+                        extra: dict | None = None) -> None:
     """Write a checkpoint into ``folder`` (every process calls this; the main process writes the shared files).
 
     Args:
-        model: the prepared (possibly wrapped) model; its unwrapped weights are saved.
-        optimizer: the prepared optimizer.
-        ema: the EMA module or None.
+        model: the prepared (possibly wrapped or sharded) model; its full weights are saved.
+        optimizer: the prepared optimizer (under FSDP its full, unsharded state is saved).
+        ema: the loop's :class:`~pixelforge.train.ema.ModelEma` or None.
         plain: name → object with ``state_dict()`` holding plain data (scheduler, loop counter, scaler).
-        step: the optimiser step, recorded in the completeness marker.
+        step: the optimiser step, recorded in the completeness marker with ``extra``.
     """
     folder = Path(folder)
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(model)  # collective under FSDP
+    fsdp = _fsdp(model)
+    optim_state = fsdp.optim_state_dict(model, optimizer.optimizer) if fsdp else optimizer.state_dict()
     if accelerator.is_main_process:
-        save_weights(accelerator.unwrap_model(model), folder / "model.safetensors")
-        if ema is not None:
-            save_weights(ema, folder / "ema.safetensors")
-        _write(folder / "optimizer.pt", optimizer.state_dict())
+        save_weights(weights, folder / "model.safetensors")
+        if ema is not None and not ema.sharded:
+            save_weights(ema.state_dict(), folder / "ema.safetensors")
+        _write(folder / "optimizer.pt", optim_state)
         _write(folder / "state.pt", {name: obj.state_dict() for name, obj in plain.items()})
+    if ema is not None and ema.sharded:
+        save_weights(ema.state_dict(), folder / f"ema_{accelerator.process_index}.safetensors")
     save_weights(_rng_state(), folder / f"rng_{accelerator.process_index}.safetensors")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:  # last: the folder is complete once this exists
         with atomic_open(folder / COMPLETE, "w") as f:
-            json.dump({"step": int(step), "processes": accelerator.num_processes}, f)
+            json.dump({"step": int(step), "processes": accelerator.num_processes, **(extra or {})}, f)
 
 
-def load_training_state(folder: Path, accelerator, model: nn.Module, optimizer, ema: nn.Module | None,
-                        plain: dict) -> None:
+def load_training_state(folder: Path, accelerator, model: nn.Module, optimizer, ema, plain: dict) -> None:
     """Restore what :func:`save_training_state` wrote, reading only tensors and plain data.
 
     Raises:
         CheckpointError: a file is missing, unreadable, or needs arbitrary Python objects (never unpickled).
     """
     folder = Path(folder)
-    accelerator.unwrap_model(model).load_state_dict(read_checkpoint(folder / "model.safetensors"))
+    weights = read_checkpoint(folder / "model.safetensors")
+    optim_state = read_checkpoint(folder / "optimizer.pt")
+    fsdp = _fsdp(model)
+    if fsdp:
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+
+        with fsdp.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
+            model.load_state_dict(weights)
+            optim_state = fsdp.optim_state_dict_to_load(model, optimizer.optimizer, optim_state)
+    else:
+        accelerator.unwrap_model(model).load_state_dict(weights)
     if ema is not None:
-        ema.load_state_dict(read_checkpoint(folder / "ema.safetensors"))
-    optimizer.load_state_dict(read_checkpoint(folder / "optimizer.pt"))
+        name = f"ema_{accelerator.process_index}.safetensors" if ema.sharded else "ema.safetensors"
+        ema.load_state_dict(read_checkpoint(folder / name))
+    optimizer.load_state_dict(optim_state)
     states = read_checkpoint(folder / "state.pt")
     for name, obj in plain.items():
         obj.load_state_dict(states[name])
@@ -158,6 +188,20 @@ def adopt_checkpoint(root: Path, folder: Path) -> Path:
     for name in _SLOTS[1:]:
         shutil.rmtree(root / name, ignore_errors=True)
     return last
+
+
+def keep_newest(root: Path, folder: Path, n: int) -> None:
+    """Keep the complete checkpoint ``folder`` as ``root/step_XXXXXXXX`` and remove all but the ``n`` newest
+    ``step_*`` folders. Call on the main process only."""
+    root = Path(root)
+    step = _step_of(folder)
+    if step is not None and n > 0:
+        target = root / f"step_{step:08d}"
+        if target.exists():
+            shutil.rmtree(target)
+        folder.rename(target)
+    for old in sorted(root.glob("step_*"))[:-n or None]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def truncate_metrics(path: Path, step: int) -> None:

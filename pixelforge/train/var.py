@@ -1,34 +1,16 @@
 """VAR training tasks: stage 1 trains the multi-scale VQ-VAE tokenizer, stage 2 the next-scale transformer on its
 tokens (teacher forcing on all scales).
 
-Config sections read here (the loop reads ``train``, ``optimizer``, ``scheduler``)::
-
-    data:
-      archive: ../shared/data/cifar10-jpeg.tar.gz   # ImageFolder tree in a .tar(.gz), unpacked once (optional)
-      train_dir: cifar10/train                      # relative to the unpacked archive when there is one
-      val_dir: cifar10/test
-      preload: true                                 # decode every image into memory once
-      hflip: true                                   # random horizontal flips
-      val_limit: 1000                               # evaluate on N validation images (class-balanced subset)
-      train_limit: null                             # train on N images only (quick checks)
-
-    # stage 1 (task: var_vqvae)
-    model: {name: var_vqvae_f4_32, args: {}}
-    loss: {l1: 1.0, l2: 0.0, vq: 1.0, perceptual: 0.0, vgg_weights: null}
-    codebook: {init_from_data: true, restart_dead: true, restart_below: 0.03}
-
-    # stage 2 (task: var)
-    model: {name: var_d6_32, args: {num_classes: 10}}
-    vqvae: {name: var_vqvae_f4_32, weights: runs/var_vqvae_cifar/model.safetensors, args: {}}
-    loss: {label_smoothing: 0.0}
-    eval: {samples_per_class: 8, grid_per_class: 8, cfg: 1.5, top_k: 0, top_p: 0.0, seed: 0,
-           fd: {classifier: cct_2_3x2_32, weights: PATH, args: {}, name: null, inception: PATH}}  # fd optional
+Sections: ``data`` (:class:`VARDataConfig`); stage 1 (``recipe: var_vqvae``, :class:`VQVAEConfig`): ``model``,
+``loss``, ``codebook``; stage 2 (``recipe: var``, :class:`VARConfig`): ``model``, ``vqvae``, ``loss``, ``eval``.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,9 +20,83 @@ from torch.utils.data import Dataset
 
 from ..data.classification import ImageFolderDataset, unpack_archive
 from ..zoo import create_model
-from .loop import TrainTask
+from .config import ModelConfig, RunConfig
+from .loop import TaskParts, TrainTask
 
-__all__ = ["VQVAETask", "VARTask"]
+__all__ = ["VARConfig", "VARDataConfig", "VARTask", "VQVAEConfig", "VQVAETask"]
+
+
+@dataclass(kw_only=True)
+class VARDataConfig:
+    """``data:``: ImageFolder trees (optionally in a ``.tar(.gz)`` archive, unpacked once)."""
+    train_dir: str
+    val_dir: str | None = None
+    archive: str | None = None
+    cache_dir: str | None = None
+    preload: bool = True                     # decode every image into memory once
+    hflip: bool = True                       # random horizontal flips
+    val_limit: int | None = None             # evaluate on N validation images (class-balanced subset)
+    train_limit: int | None = None           # train on N images only (quick checks)
+
+
+@dataclass(kw_only=True)
+class VQLossConfig:
+    l1: float = 1.0
+    l2: float = 0.0
+    vq: float = 1.0
+    perceptual: float = 0.0
+    vgg_weights: str | None = None
+
+
+@dataclass(kw_only=True)
+class CodebookConfig:
+    init_from_data: bool = True
+    restart_dead: bool = True
+    restart_below: float = 0.03
+
+
+@dataclass(kw_only=True)
+class VQVAEConfig(RunConfig):
+    model: ModelConfig
+    data: VARDataConfig
+    loss: VQLossConfig = field(default_factory=VQLossConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+
+
+@dataclass(kw_only=True)
+class VARLossConfig:
+    label_smoothing: float = 0.0
+
+
+@dataclass(kw_only=True)
+class FrechetConfig:
+    """``eval.fd``: Fréchet distance of samples to the validation images on a classifier's pre-logit features
+    (``classifier``, ``weights``, ``args``, display ``name``) and/or Inception features (``inception``: weights)."""
+    classifier: str | None = None
+    weights: str | None = None
+    args: dict = field(default_factory=dict)
+    name: str | None = None
+    inception: str | None = None
+
+
+@dataclass(kw_only=True)
+class VAREvalConfig:
+    samples_per_class: int = 8
+    grid_per_class: int = 8
+    cfg: float = 1.5
+    top_k: int = 0
+    top_p: float = 0.0
+    seed: int = 0
+    fd: FrechetConfig | None = None
+
+
+@dataclass(kw_only=True)
+class VARConfig(RunConfig):
+    model: ModelConfig
+    vqvae: ModelConfig
+    data: VARDataConfig
+    loss: VARLossConfig = field(default_factory=VARLossConfig)
+    eval: VAREvalConfig = field(default_factory=VAREvalConfig)
 
 
 def _to_tensor(img) -> torch.Tensor:
@@ -78,16 +134,14 @@ def _spread(labels: list[int], limit: int | None) -> list[int]:
     return sorted(order[:limit])
 
 
-def _image_datasets(cfg: dict) -> tuple[_Images, _Images | None]:
-    d = cfg["data"]
-    base = unpack_archive(d["archive"], d.get("cache_dir")) if d.get("archive") else Path(".")
-    preload = bool(d.get("preload", True))
-    train = ImageFolderDataset(base / d["train_dir"], _to_tensor, preload=preload)
+def _image_datasets(d: VARDataConfig) -> tuple[_Images, _Images | None]:
+    base = unpack_archive(d.archive, d.cache_dir) if d.archive else Path(".")
+    train = ImageFolderDataset(base / d.train_dir, _to_tensor, preload=d.preload)
     val = None
-    if d.get("val_dir"):
-        val_base = ImageFolderDataset(base / d["val_dir"], _to_tensor, classes=train.classes, preload=preload)
-        val = _Images(val_base, indices=_spread(val_base.targets, d.get("val_limit")))
-    return _Images(train, bool(d.get("hflip", True)), _spread(train.targets, d.get("train_limit"))), val
+    if d.val_dir:
+        val_base = ImageFolderDataset(base / d.val_dir, _to_tensor, classes=train.classes, preload=d.preload)
+        val = _Images(val_base, indices=_spread(val_base.targets, d.val_limit))
+    return _Images(train, d.hflip, _spread(train.targets, d.train_limit)), val
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -112,24 +166,20 @@ class VQVAETask(TrainTask):
     and resuming stays exact.
     """
 
+    Config = VQVAEConfig
     main_metric = "psnr"
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg):
         super().__init__(cfg)
-        self.loss_cfg = {"l1": 1.0, "l2": 0.0, "vq": 1.0, "perceptual": 0.0, **cfg.get("loss", {})}
-        self.cb_cfg = {"init_from_data": True, "restart_dead": True, "restart_below": 0.03, **cfg.get("codebook", {})}
         self.perceptual = None
-        if self.loss_cfg["perceptual"] > 0:
+        if self.cfg.loss.perceptual > 0:
             from ..layers.vgg import VGGPerceptualLoss
 
-            self.perceptual = VGGPerceptualLoss(self.loss_cfg.get("vgg_weights"))
+            self.perceptual = VGGPerceptualLoss(self.cfg.loss.vgg_weights)
 
-    def build_model(self, cfg: dict) -> nn.Module:
-        m = cfg["model"]
-        return create_model(m["name"], **m.get("args", {}))
-
-    def build_datasets(self, cfg: dict):
-        return _image_datasets(cfg)
+    def setup(self) -> TaskParts:
+        m = self.cfg.model
+        return TaskParts(create_model(m.name, weights=m.weights, **m.args), *_image_datasets(self.cfg.data))
 
     @torch.no_grad()
     def _reseed_codes(self, model: nn.Module, x: torch.Tensor) -> int:
@@ -138,11 +188,11 @@ class VQVAETask(TrainTask):
         quant = _unwrap(model).quantize
         usage = quant.ema_vocab_hit_SV.sum(0)
         if usage.sum() == 0:
-            if not self.cb_cfg["init_from_data"]:
+            if not self.cfg.codebook.init_from_data:
                 return 0
             rows = torch.arange(quant.vocab_size, device=usage.device)
-        elif self.cb_cfg["restart_dead"]:
-            rows = torch.nonzero(usage < self.cb_cfg["restart_below"] * usage.mean()).flatten()
+        elif self.cfg.codebook.restart_dead:
+            rows = torch.nonzero(usage < self.cfg.codebook.restart_below * usage.mean()).flatten()
         else:
             return 0
         if len(rows):
@@ -162,18 +212,19 @@ class VQVAETask(TrainTask):
         logs = {"reseeded": self._reseed_codes(model, x)}
         recon, vq_loss, idx_list = model(x)
         recon = recon.float()
-        loss = self.loss_cfg["vq"] * vq_loss
+        lcfg = self.cfg.loss
+        loss = lcfg.vq * vq_loss
         logs["vq"] = vq_loss.item()
-        if self.loss_cfg["l1"]:
+        if lcfg.l1:
             l1 = F.l1_loss(recon, x)
-            loss = loss + self.loss_cfg["l1"] * l1
+            loss = loss + lcfg.l1 * l1
             logs["l1"] = l1.item()
-        if self.loss_cfg["l2"]:
-            loss = loss + self.loss_cfg["l2"] * F.mse_loss(recon, x)
+        if lcfg.l2:
+            loss = loss + lcfg.l2 * F.mse_loss(recon, x)
         if self.perceptual is not None:
             self.perceptual.to(recon.device)
             perc = self.perceptual(recon.add(1).div(2).clamp(0, 1), images)
-            loss = loss + self.loss_cfg["perceptual"] * perc
+            loss = loss + lcfg.perceptual * perc
             logs["perceptual"] = perc.item()
         vocab = _unwrap(model).quantize.vocab_size
         logs["usage_last"] = idx_list[-1].unique().numel() / vocab
@@ -221,25 +272,18 @@ class VARTask(TrainTask):
     (``output_dir/samples.png``) and, when configured, the Fréchet distance of samples to validation images.
     """
 
+    Config = VARConfig
     main_metric = "acc"
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg):
         super().__init__(cfg)
-        v = cfg["vqvae"]
-        self.vqvae = create_model(v["name"], weights=v["weights"], **v.get("args", {})).eval().requires_grad_(False)
-        self.smoothing = float(cfg.get("loss", {}).get("label_smoothing", 0.0))
-        self.eval_cfg = {"samples_per_class": 8, "grid_per_class": 8, "cfg": 1.5, "top_k": 0, "top_p": 0.0,
-                         "seed": 0, **cfg.get("eval", {})}
+        v = self.cfg.vqvae
+        if not v.weights:
+            raise ValueError("vqvae.weights: the var recipe needs the trained tokenizer's weights")
+        self.vqvae = create_model(v.name, weights=v.weights, **v.args).eval().requires_grad_(False)
         self._val_images = None
         self._real_stats = {}
-
-    def build_model(self, cfg: dict) -> nn.Module:
-        m = cfg["model"]
-        model = create_model(m["name"], **m.get("args", {}))
-        from ..generative.var.sampling import check_pair
-
-        check_pair(model, self.vqvae)
-        return model
+        self._grid: tuple[torch.Tensor, int] | None = None  # the last evaluation's sample grid (images, per row)
 
     @torch.no_grad()
     def _tokenize(self, images: Dataset, flip: bool) -> torch.Tensor:
@@ -250,13 +294,13 @@ class VARTask(TrainTask):
             out.append(torch.cat(self.vqvae.img_to_idx(x * 2 - 1), dim=1).to(torch.int16))
         return torch.cat(out)
 
-    def _token_cache(self, cfg: dict, name: str, images: _Images, flip: bool) -> torch.Tensor:
+    def _token_cache(self, name: str, images: _Images, flip: bool) -> torch.Tensor:
         """Tokens of a split, read from / written to ``output_dir/tokens/`` keyed by tokenizer weights and data."""
-        v, d = cfg["vqvae"], cfg["data"]
-        digest = hashlib.sha256(Path(v["weights"]).read_bytes()).hexdigest()[:16]
-        key = hashlib.sha256(json.dumps([digest, v["name"], v.get("args", {}), d, name, flip],
+        v, d = self.cfg.vqvae, dataclasses.asdict(self.cfg.data)
+        digest = hashlib.sha256(Path(v.weights).read_bytes()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([digest, v.name, v.args, d, name, flip],
                                         sort_keys=True, default=str).encode()).hexdigest()[:16]
-        path = Path(cfg.get("output_dir") or "runs/var") / "tokens" / f"{name}{'-flip' if flip else ''}-{key}.pt"
+        path = self.cfg.out_dir / "tokens" / f"{name}{'-flip' if flip else ''}-{key}.pt"
         if path.is_file():
             return torch.load(path, weights_only=True)
         tokens = self._tokenize(images, flip)
@@ -266,18 +310,23 @@ class VARTask(TrainTask):
         tmp.replace(path)
         return tokens
 
-    def build_datasets(self, cfg: dict):
-        train_images, val_images = _image_datasets(cfg)
+    def setup(self) -> TaskParts:
+        from ..generative.var.sampling import check_pair
+
+        m = self.cfg.model
+        model = create_model(m.name, weights=m.weights, **m.args)
+        check_pair(model, self.vqvae)
+        train_images, val_images = _image_datasets(self.cfg.data)
         plain = _Images(train_images.base, indices=train_images.indices)
         labels = torch.tensor([train_images.base.targets[i] for i in train_images.indices])
-        train = _Tokens(self._token_cache(cfg, "train", plain, False), labels,
-                        self._token_cache(cfg, "train", plain, True) if train_images.hflip else None)
+        train = _Tokens(self._token_cache("train", plain, False), labels,
+                        self._token_cache("train", plain, True) if train_images.hflip else None)
         val = None
         if val_images is not None:
             self._val_images = val_images
             val_labels = torch.tensor([val_images.base.targets[i] for i in val_images.indices])
-            val = _Tokens(self._token_cache(cfg, "val", val_images, False), val_labels)
-        return train, val
+            val = _Tokens(self._token_cache("val", val_images, False), val_labels)
+        return TaskParts(model, train, val)
 
     def _teacher_forcing(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, L) → the transformer's input (B, L - p_1², Cvae), float32, without gradients."""
@@ -291,7 +340,7 @@ class VARTask(TrainTask):
         x = self._teacher_forcing(tokens)
         logits = model(labels, x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1),
-                               label_smoothing=self.smoothing)
+                               label_smoothing=self.cfg.loss.label_smoothing)
         acc = (logits.argmax(-1) == tokens).float().mean()
         return loss, {"acc": acc.item()}
 
@@ -315,47 +364,55 @@ class VARTask(TrainTask):
                    "acc": float((hit_sum * lengths).sum() / lengths.sum() / count)}
         metrics.update({f"loss_s{s}": float(ce_sum[s] / count) for s in range(num_scales)})
         metrics.update({f"acc_s{s}": float(hit_sum[s] / count) for s in range(num_scales)})
-        if self.eval_cfg["samples_per_class"]:
+        if self.cfg.eval.samples_per_class:
             metrics.update(self._sample_and_score(model))
         return metrics
 
-    def _sample_and_score(self, model: nn.Module) -> dict:
-        """Sample ``samples_per_class`` images of every class; write ``grid_per_class`` of each to
-        ``output_dir/samples.png``; Fréchet distance(s) to the validation images when ``eval.fd`` is set."""
-        from ..data.image_io import write_image
+    def sample(self, model: nn.Module, folder: Path, step: int) -> Path | None:
+        """The grid of the last evaluation's samples (``grid_per_class`` per class, a row each)."""
         from ..data.grid import make_grid
+        from ..data.image_io import write_image
+
+        if self._grid is None:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_image(folder / f"step_{step:08d}.png", make_grid(self._grid[0], nrow=self._grid[1]))
+
+    def _sample_and_score(self, model: nn.Module) -> dict:
+        """Sample ``samples_per_class`` images of every class, keep ``grid_per_class`` of each for the sample grid;
+        Fréchet distance(s) to the validation images when ``eval.fd`` is set."""
         from ..generative.var.sampling import sample
 
-        e = self.eval_cfg
+        e = self.cfg.eval
         device = model.pos_1LC.device
         vqvae = self.vqvae.to(device)
-        n = int(e["samples_per_class"])
+        n = e.samples_per_class
         labels = torch.arange(model.num_classes, device=device).repeat_interleave(n)
-        gen = torch.Generator(device=device).manual_seed(int(e["seed"]))
-        images = torch.cat([sample(model, vqvae, len(chunk), chunk, cfg=float(e["cfg"]), top_k=int(e["top_k"]),
-                                   top_p=float(e["top_p"]), generator=gen).images.float().cpu()
+        gen = torch.Generator(device=device).manual_seed(e.seed)
+        images = torch.cat([sample(model, vqvae, len(chunk), chunk, cfg=e.cfg, top_k=e.top_k, top_p=e.top_p,
+                                   generator=gen).images.float().cpu()
                             for chunk in labels.split(250)])
-        per_row = min(n, int(e.get("grid_per_class", 8)))
-        grid = images.view(model.num_classes, n, *images.shape[1:])[:, :per_row].flatten(0, 1)
-        out = Path(self.cfg.get("output_dir") or "runs/var")
-        out.mkdir(parents=True, exist_ok=True)
-        write_image(out / "samples.png", make_grid(grid, nrow=per_row))
-        return self._frechet(images) if e.get("fd") and self._val_images is not None else {}
+        per_row = min(n, e.grid_per_class)
+        self._grid = images.view(model.num_classes, n, *images.shape[1:])[:, :per_row].flatten(0, 1), per_row
+        return self._frechet(images) if e.fd is not None and self._val_images is not None else {}
 
     def _frechet(self, images: torch.Tensor) -> dict:
         """``{"FD-<classifier>": ..., "FID": ...}`` of the samples against the validation images."""
-        from ..metrics.frechet import FeatureStats, classifier_extractor, inception_extractor
+        from ..metrics.frechet import (
+            FeatureStats,
+            classifier_extractor,
+            inception_extractor,
+        )
 
-        fd = self.eval_cfg["fd"]
+        fd = self.cfg.eval.fd
         extractors = []
-        if fd.get("classifier"):
-            if fd.get("weights") and not Path(fd["weights"]).is_file():
-                warnings.warn(f"FD skipped: classifier weights {fd['weights']} not found", stacklevel=2)
+        if fd.classifier:
+            if fd.weights and not Path(fd.weights).is_file():
+                warnings.warn(f"FD skipped: classifier weights {fd.weights} not found", stacklevel=2)
             else:
-                extractors.append(classifier_extractor(fd["classifier"], fd.get("weights"), fd.get("name"),
-                                                       model_args=fd.get("args")))
-        if fd.get("inception"):
-            extractors.append(inception_extractor(fd["inception"]))
+                extractors.append(classifier_extractor(fd.classifier, fd.weights, fd.name, model_args=fd.args))
+        if fd.inception:
+            extractors.append(inception_extractor(fd.inception))
         scores = {}
         for ext in extractors:
             if ext.name not in self._real_stats:

@@ -1,0 +1,85 @@
+"""EMA of the trained weights (timm's ``ModelEmaV3``) that also works when FSDP shards the parameters.
+
+Without sharding the EMA is a full copy of the unwrapped model, as usual. Under FSDP each process keeps the EMA of
+its own shard of every parameter (the same memory share as the model), and the full EMA weights are gathered
+(``accelerator.get_state_dict`` with the EMA values put into the sharded parameters) for evaluation and export.
+Buffers are averaged only without sharding; under FSDP they are the model's own.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["ModelEma", "is_sharded"]
+
+
+def is_sharded(accelerator) -> bool:
+    """Whether the prepared model's parameters are sharded over processes (FSDP)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+class _Shards(nn.Module):
+    """This process's parameter shards of a prepared model, as a module (what ModelEmaV3 averages)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.shards = nn.ParameterList([p for p in model.parameters()])
+
+
+class ModelEma:
+    """EMA of a prepared model's weights.
+
+    Args:
+        accelerator: the run's Accelerator. model: the prepared (wrapped) model.
+        decay: EMA decay. warmup: timm's decay warm-up (1 - (1 + step)^(-2/3), capped at ``decay``).
+    """
+
+    def __init__(self, accelerator, model: nn.Module, decay: float, warmup: bool = True):
+        from timm.utils import ModelEmaV3
+
+        self.accelerator, self.model, self.sharded = accelerator, model, is_sharded(accelerator)
+        self.target = _Shards(model) if self.sharded else accelerator.unwrap_model(model)
+        self.ema = ModelEmaV3(self.target, decay=decay, use_warmup=warmup)
+
+    def update(self, step: int) -> None:
+        """Average in the current weights after optimiser step ``step``."""
+        self.ema.update(self.target, step=step)
+
+    @contextmanager
+    def applied(self):
+        """Yields the module to evaluate with the EMA weights: the EMA copy, or (sharded) the prepared model with
+        the EMA shards swapped in for the duration."""
+        if not self.sharded:
+            yield self.ema.module
+            return
+        live = list(self.target.shards)
+        kept = [p.detach().clone() for p in live]
+        with torch.no_grad():
+            for p, e in zip(live, self.ema.module.shards):
+                p.copy_(e)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for p, k in zip(live, kept):
+                    p.copy_(k)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full EMA weights in the plain model's key layout (every process calls it; under FSDP only the main
+        process's dict is complete)."""
+        if not self.sharded:
+            return self.ema.module.state_dict()
+        with self.applied() as model:
+            return self.accelerator.get_state_dict(model)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: the EMA copy (sharded: this process's shards)."""
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.ema.load_state_dict(state)
+
