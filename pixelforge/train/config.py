@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "config_to_dict",
+    "format_config",
     "from_mapping",
     "load_config",
     "parse_config",
@@ -135,7 +136,7 @@ class SchedulerConfig:
     min_lr: float = 1e-6
     decay_steps: int | None = None           # step: decay interval; wsd: length of the decay phase
     decay_rate: float = 0.1                  # step, multistep, plateau; the power of poly
-    milestones: list[int] = field(default_factory=list)  # multistep: steps where the lr is multiplied by decay_rate
+    milestones: list[int] = field(default_factory=list)  # multistep: from step m on (1-based), lr x decay_rate
     cooldown_steps: int = 0
     patience: int = 10                       # plateau: validations without improvement before a decay
     warmup_prefix: bool = False              # warm-up before the schedule's length instead of inside it
@@ -270,6 +271,11 @@ def parse_config(raw: dict | RunConfig, config_class: type[RunConfig] | None = N
 def config_to_dict(cfg: RunConfig) -> dict:
     """The resolved config as plain data (YAML/JSON-ready), every default included."""
     return dataclasses.asdict(cfg)
+
+
+def format_config(raw: dict | RunConfig) -> str:
+    """The resolved config as YAML, every default included (``pixelforge train CONFIG --print-config``)."""
+    return yaml.safe_dump(config_to_dict(parse_config(raw)), sort_keys=False)
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:

@@ -382,10 +382,15 @@ def train(cfg: dict | RunConfig) -> Path:
         return metrics
 
     def write_curves() -> None:
-        if main and tcfg.curves:
-            from .curves import plot_runs
+        if main and tcfg.curves and (out / "metrics.jsonl").is_file():
+            try:
+                from .curves import plot_runs
 
-            plot_runs([out], out / "curves.png", metric=task.main_metric)
+                plot_runs([out], out / "curves.png", metric=task.main_metric)
+            except ImportError as exc:  # matplotlib is the [train] extra
+                tcfg.curves = False
+                accelerator.print(f"train: no curves.png ({exc.name} is not installed: pip install "
+                                  f"'pixelforge[train]')")
 
     seeded = _SeededItems(train_ds, seed)
     clip = tcfg.grad_clip
