@@ -219,6 +219,13 @@ class CCT(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise decay (``param_groups_layer_decay``): tokenizer and embeddings, then
+        each block, then the final norm and pooling; the classifier is last."""
+        return dict(stem=r"^cls_token|^pos_embed|^tokenizer",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^attn_pool", (99999,))])
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 

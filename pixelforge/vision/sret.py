@@ -282,6 +282,13 @@ class SReT(nn.Module):
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise decay (``param_groups_layer_decay``): stem and embedding, then each
+        stage, then the final norm; the classifier is last."""
+        return dict(stem=r"^pos_embed|^patch_embed",
+                    blocks=[(r"^stages\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 

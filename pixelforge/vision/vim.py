@@ -191,6 +191,13 @@ class Vim(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise decay (``param_groups_layer_decay``): embeddings, then each Mamba
+        layer, then the final norm; the classifier is last."""
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^layers\.(\d+)", None), (r"^norm_f", (99999,))])
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 

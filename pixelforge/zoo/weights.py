@@ -73,10 +73,13 @@ def stored_training_config(path: str | os.PathLike | None) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def load_weights(model: nn.Module, source, filter_fn: FilterFn | None = None, strict: bool = True) -> nn.Module:
+def load_weights(model: nn.Module, source, filter_fn: FilterFn | None = None, strict: bool = True,
+                 skip: tuple[str, ...] = ()) -> nn.Module:
     """Load weights into ``model`` from a path or a state dict, converting official layouts with ``filter_fn``.
 
-    ``filter_fn(state_dict, model)`` maps official key names to ours and leaves our own keys unchanged.
+    ``filter_fn(state_dict, model)`` maps official key names to ours and leaves our own keys unchanged. Keys under
+    the module names in ``skip`` (e.g. a classifier being re-initialised) are neither loaded nor required.
+    Tensors stored in another floating dtype (fp16/bf16 files) are converted to the model's (fp32).
     Mismatches raise :class:`CheckpointError` naming the missing, unexpected and mis-shaped keys.
     """
     name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
@@ -85,6 +88,10 @@ def load_weights(model: nn.Module, source, filter_fn: FilterFn | None = None, st
     if filter_fn is not None:
         state = filter_fn(state, model)
     own = model.state_dict()
+    if skip:
+        skipped = tuple(f"{name}." for name in skip)
+        state = {k: v for k, v in state.items() if not k.startswith(skipped)}
+        own = {k: v for k, v in own.items() if not k.startswith(skipped)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     bad_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
