@@ -102,11 +102,19 @@ def test_explicit_backends_force_theirs(tuner):
     assert tuner.ran == ["torch", "native", "torch"] and len(tuner.measured) == 1
 
 
-def test_training_calls_measure_nothing(tuner):
+def test_training_calls_are_measured_separately(tuner):
+    """A call that needs gradients races forward + backward under its own key; with a fixed B (no native
+    backward) it measures nothing and runs the PyTorch path."""
     inp = random_inputs(1, 16, 4, 12, seed=0)
+    _infer(inp)
     leaf = {k: (v.clone().requires_grad_(True) if k == "u" else v) for k, v in inp.items()}
     _call(leaf, delta_softplus=True).sum().backward()
-    assert tuner.measured == [] and tuner.ran == ["torch"] and leaf["u"].grad is not None
+    assert len(tuner.measured) == 2 and tuner.ran == ["native", "native"] and leaf["u"].grad is not None
+    keys = sorted(tuner.choices())
+    assert len(keys) == 2 and sum("forward+backward" in k for k in keys) == 1
+    fixed = random_inputs(1, 16, 4, 12, "fixed", "g1", seed=0)
+    _call({**fixed, "u": fixed["u"].requires_grad_(True)}, delta_softplus=True).sum().backward()
+    assert len(tuner.measured) == 2 and tuner.ran[-1] == "torch"
 
 
 def test_an_unreadable_choices_file_is_measured_again(tuner):
@@ -125,7 +133,7 @@ def test_race_candidates_run_the_op_on_a_prefix(layouts, monkeypatch):
     monkeypatch.setattr("pixelforge.kernels.scan._RACE_ELEMS", 1)  # the shortest prefix: 64 positions
     inp = random_inputs(2, 8, 4, 100, *layouts, groups=2, seed=4)
     args = tuple(inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
-    cands = _race(args, True, False).candidates()
+    cands = _race(args, True, False, False).candidates()
     with torch.no_grad():
         (nat, nat_last), (ref, ref_last) = cands["native"](), cands["torch"]()
         with use_backend("torch"):
@@ -135,6 +143,20 @@ def test_race_candidates_run_the_op_on_a_prefix(layouts, monkeypatch):
     torch.testing.assert_close(nat, ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(nat_last, ref_last, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(ref, full, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layouts", [("g1", "g1"), ("var3", "grouped")])
+def test_training_race_candidates_leave_the_inputs_alone(layouts):
+    """The training race runs forward + backward of both candidates on detached prefixes: no gradient reaches the
+    call's own tensors and no graph is kept."""
+    inp = random_inputs(2, 8, 4, 100, *layouts, groups=2, seed=4)
+    args = tuple(None if v is None else v.clone().requires_grad_(True) for v in
+                 (inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")))
+    cands = _race(args, True, False, True).candidates()
+    assert sorted(cands) == ["native", "torch"]
+    for fn in cands.values():
+        assert fn() is None
+    assert all(x is None or x.grad is None for x in args)
 
 
 def test_measure_candidates_calls_each_in_turn():

@@ -4,7 +4,7 @@ The backend is chosen, in order of precedence, by the innermost :func:`use_backe
 ``PIXELFORGE_KERNELS`` environment variable (read at every call), then ``auto``.
 
 - ``triton``: the Triton kernels (CUDA tensors, or any tensors under ``TRITON_INTERPRET=1``).
-- ``native``: the compiled CPU kernels of :mod:`pixelforge.kernels.native` (the selective-scan forward), built
+- ``native``: the compiled CPU kernels of :mod:`pixelforge.kernels.native` (the selective-scan forward and backward), built
   on first use with the system C compiler; an op without a native kernel (attention, whose PyTorch path is
   already ATen's fused SDPA) takes its PyTorch path.
 - ``torch``: the PyTorch path everywhere (the reference).

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import Race, resolve_backend
-from .native import NATIVE_MAX_DSTATE, selective_scan_native
+from .native import NATIVE_MAX_DSTATE, selective_scan_native, selective_scan_native_backward
 
 __all__ = ["selective_scan"]
 
@@ -308,6 +308,28 @@ class _SelectiveScanTorch(torch.autograd.Function):
                   for gr, x, need in zip(grads, inputs, ctx.needs_input_grad)], None, None)
 
 
+class _SelectiveScanNative(torch.autograd.Function):
+    """Autograd glue of the native CPU kernels: the fused forward, and a backward that recomputes the states from
+    checkpoints in C (B and C time-variant; inputs: see :func:`selective_scan`)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        out, last = selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        ctx.set_materialize_grads(False)  # an unused out / last state arrives as None
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.flags = (delta_softplus, reverse)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        inputs = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros(inputs[0].shape)
+        grads = selective_scan_native_backward(*inputs, *ctx.flags, grad_out, grad_last)
+        return (*[None if (gr is None or x is None or not need) else gr.to(x.dtype)
+                  for gr, x, need in zip(grads, inputs, ctx.needs_input_grad)], None, None)
+
+
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
@@ -333,8 +355,9 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         raise ValueError(f"selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}")
 
 
-def _race(inputs: tuple, delta_softplus: bool, reverse: bool) -> Race:
-    """auto's choice for this call: keyed by b·d and L (next powers of two), n and dtype; timed on a prefix."""
+def _race(inputs: tuple, delta_softplus: bool, reverse: bool, grad: bool) -> Race:
+    """auto's choice for this call: keyed by b·d and L (next powers of two), n, dtype and whether gradients are
+    needed (then forward and backward are timed together); timed on a prefix of the call's positions."""
     u, A = inputs[0], inputs[2]
     b, d, L = u.shape
     n = A.shape[1]
@@ -342,12 +365,26 @@ def _race(inputs: tuple, delta_softplus: bool, reverse: bool) -> Race:
     def candidates():
         T = min(L, max(64, _RACE_ELEMS // (b * d * n)))
         # positions are the last dim of u, delta, z and variable B / C; A, D, delta_bias and fixed B / C have none
-        cut = [x[..., :T] if x is not None and x.dim() >= 3 else x for x in inputs]
-        return {"native": lambda: selective_scan_native(*cut, delta_softplus, reverse),
-                "torch": lambda: _SelectiveScanTorch.apply(*cut, delta_softplus, reverse)}
+        cut = [x[..., :T].detach() if x is not None and x.dim() >= 3 else x for x in inputs]
+        if not grad:
+            return {"native": lambda: selective_scan_native(*cut, delta_softplus, reverse),
+                    "torch": lambda: _SelectiveScanTorch.apply(*cut, delta_softplus, reverse)}
+
+        def train_step(fn):
+            def run():
+                leaves = [None if x is None else x.detach().requires_grad_(orig.requires_grad)
+                          for x, orig in zip(cut, inputs)]
+                with torch.enable_grad():
+                    out = fn.apply(*leaves, delta_softplus, reverse)[0]
+                    torch.autograd.grad(out, [x for x in leaves if x is not None and x.requires_grad],
+                                        torch.ones_like(out))
+            return run
+
+        return {"native": train_step(_SelectiveScanNative), "torch": train_step(_SelectiveScanTorch)}
 
     bd, ln = (1 << (x - 1).bit_length() for x in (b * d, L))
-    return Race("selective_scan", (f"bd<={bd}", f"L<={ln}", f"n={n}", str(u.dtype)), candidates)
+    key = (f"bd<={bd}", f"L<={ln}", f"n={n}", str(u.dtype)) + (("forward+backward",) if grad else ())
+    return Race("selective_scan", key, candidates)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -371,21 +408,27 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         out (b, d, L) in u's dtype, and with ``return_last_state`` the last state (b, d, n) in float32
         (float64 for float64 u). States and sums are computed in float32 whatever the input dtype.
 
-    Backend: see :mod:`pixelforge.kernels.dispatch`. On CPU, ``auto`` runs the fused native forward
-    (:mod:`pixelforge.kernels.native`) for calls that need no gradient (inference) and are not float64 when it
-    measures faster than the PyTorch path on this CPU and shape class; training calls run the PyTorch path, whose
-    backward is analytic. A state size above ``TRITON_MAX_DSTATE`` never runs
-    Triton, one above ``NATIVE_MAX_DSTATE`` never runs native.
+    Backend: see :mod:`pixelforge.kernels.dispatch`. On CPU, ``auto`` runs the native kernels
+    (:mod:`pixelforge.kernels.native`: fused forward; for calls that need gradients also the native backward, which
+    recomputes the states from checkpoints) when they measure faster than the PyTorch path on this CPU and shape
+    class (inference and training timed separately). Float64 calls, and calls needing gradients with a
+    time-invariant B or C, take the PyTorch path. A state size above ``TRITON_MAX_DSTATE`` never runs Triton, one
+    above ``NATIVE_MAX_DSTATE`` never runs native.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    # the native CPU kernel is forward-only: calls that need gradients, and float64 calls, take the PyTorch path
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    # the native CPU kernels: float32/16/bf16 (float64 takes the PyTorch path); their backward needs B and C
+    # time-variant (the Mamba layout), so training calls with a fixed B or C take the PyTorch path too
     native_ok = (A.shape[1] <= NATIVE_MAX_DSTATE and u.dtype != torch.float64
-                 and not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)))
+                 and (not grad or (B.dim() >= 3 and C.dim() >= 3)))
     backend = resolve_backend(u, has_native=native_ok,
-                              race=_race(inputs, delta_softplus, reverse) if native_ok else None)
+                              race=_race(inputs, delta_softplus, reverse, grad) if native_ok else None)
     if backend == "native":
-        out, last = selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        if grad:
+            out, last = _SelectiveScanNative.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        else:
+            out, last = selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     elif backend == "triton" and A.shape[1] <= TRITON_MAX_DSTATE:
         from .triton.scan import selective_scan_triton
 

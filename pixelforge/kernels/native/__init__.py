@@ -1,4 +1,5 @@
-"""Native CPU kernels: the fused selective-scan forward (``scan.c``), built on first use and called through ctypes.
+"""Native CPU kernels: the fused selective-scan forward and backward (``scan.c``), built on first use and called
+through ctypes.
 
 The C source needs no Python or torch headers: the first call compiles it with the system C compiler (``$CC``,
 else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, retried with fewer flags; ``$PIXELFORGE_NATIVE_CFLAGS``
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["native_available", "library_path", "cache_dir", "cpu_signature", "selective_scan_native",
-           "NATIVE_MAX_DSTATE"]
+           "selective_scan_native_backward", "NATIVE_MAX_DSTATE"]
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("scan.c")
@@ -132,9 +133,11 @@ def _load(cc_env: str | None, flags_env: str | None) -> ctypes.CDLL | None:
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             errors.append(str(exc))
             continue
-        fn = lib.pf_selective_scan_fwd
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
+        for fn in (lib.pf_selective_scan_fwd, lib.pf_selective_scan_bwd):
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
+        lib.pf_selective_scan_bwd_items.restype = ctypes.c_int64
+        lib.pf_selective_scan_bwd_items.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         return lib
     _log.info("pixelforge native kernels unavailable (%s); using the PyTorch path", "; ".join(errors))
     return None
@@ -151,6 +154,35 @@ def native_available() -> bool:
     return _library() is not None
 
 
+def _bc_layout(M: torch.Tensor) -> tuple[int, int, list[int]]:
+    """(groups, time-variant?, strides as (b, g, n, L)) of B or C; time-invariant (d, n) strides come first."""
+    if M.dim() == 2:
+        return 1, 0, [*M.stride(), 0, 0]
+    if M.dim() == 3:
+        return 1, 1, [M.stride(0), 0, M.stride(1), M.stride(2)]
+    return M.shape[1], 1, list(M.stride())
+
+
+def _params(f32: list, delta_softplus: bool, reverse: bool) -> list[int]:
+    """The kernels' integer parameters (sizes, flags, element strides) for float32 inputs u..delta_bias."""
+    u_, delta_, A_, B_, C_, D_, z_, bias_ = f32
+    b, d, L = u_.shape
+    gB, b_var, sB = _bc_layout(B_)
+    gC, c_var, sC = _bc_layout(C_)
+    return [b, d, L, A_.shape[1], gB, gC, b_var, c_var, int(delta_softplus), int(reverse), *u_.stride(),
+            *delta_.stride(), *(z_.stride() if z_ is not None else (0, 0, 0)), *A_.stride(), *sB, *sC,
+            D_.stride(0) if D_ is not None else 0, bias_.stride(0) if bias_ is not None else 0]
+
+
+def _checked_library(n: int) -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("native kernels are not available (no working C compiler)")
+    if n > NATIVE_MAX_DSTATE:
+        raise ValueError(f"selective_scan native: dstate {n} > {NATIVE_MAX_DSTATE}")
+    return lib
+
+
 def selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, reverse: bool):
     """Selective-scan forward on CPU in one fused pass (no autograd; inputs as :func:`selective_scan`).
 
@@ -159,34 +191,57 @@ def selective_scan_native(u, delta, A, B, C, D, z, delta_bias, delta_softplus: b
     Returns:
         out (b, d, L) in u's dtype, last state (b, d, n) float32.
     """
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("native kernels are not available (no working C compiler)")
     b, d, L = u.shape
     n = A.shape[1]
-    if n > NATIVE_MAX_DSTATE:
-        raise ValueError(f"selective_scan native: dstate {n} > {NATIVE_MAX_DSTATE}")
+    lib = _checked_library(n)
     f32 = [None if x is None else x.float() for x in (u, delta, A, B, C, D, z, delta_bias)]
-    u_, delta_, A_, B_, C_, D_, z_, bias_ = f32
-
-    def bc(M: torch.Tensor) -> tuple[int, int, list[int]]:
-        """(groups, variable?, strides as (b, g, n, L)) of B or C; time-invariant (d, n) strides come first."""
-        if M.dim() == 2:
-            return 1, 0, [*M.stride(), 0, 0]
-        if M.dim() == 3:
-            return 1, 1, [M.stride(0), 0, M.stride(1), M.stride(2)]
-        return M.shape[1], 1, list(M.stride())
-
-    gB, b_var, sB = bc(B_)
-    gC, c_var, sC = bc(C_)
     out = torch.empty(b, d, L, dtype=torch.float32)
     last = torch.empty(b, d, n, dtype=torch.float32)
+    prm = _params(f32, delta_softplus, reverse)
     ptrs = (ctypes.c_void_p * 10)(*[0 if x is None else x.data_ptr() for x in (*f32, out, last)])
-    prm = [b, d, L, n, gB, gC, b_var, c_var, int(delta_softplus), int(reverse), *u_.stride(), *delta_.stride(),
-           *(z_.stride() if z_ is not None else (0, 0, 0)), *A_.stride(), *sB, *sC,
-           D_.stride(0) if D_ is not None else 0, bias_.stride(0) if bias_ is not None else 0]
     status = lib.pf_selective_scan_fwd(ptrs, (ctypes.c_int64 * len(prm))(*prm), torch.get_num_threads())
     if status != 0:
-        raise RuntimeError(f"selective_scan native kernel rejected b={b} d={d} L={L} n={n} groups B={gB} C={gC} "
-                           f"(status {status})")
+        raise RuntimeError(f"selective_scan native kernel rejected b={b} d={d} L={L} n={n} groups B={prm[4]} "
+                           f"C={prm[5]} (status {status})")
     return out.to(u.dtype), last
+
+
+def selective_scan_native_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, reverse: bool,
+                                   grad_out: torch.Tensor, grad_last: torch.Tensor | None):
+    """Gradients of the selective scan on CPU (inputs as :func:`selective_scan`; B and C time-variant).
+
+    The C kernel recomputes the states chunk by chunk from checkpoints (nothing of size L·d·n is stored) and walks
+    them back; float32 throughout. grad_out: (b, d, L); grad_last: (b, d, n) or None.
+    Returns:
+        du, ddelta (b, d, L), dA (d, n), dB and dC in B's and C's shapes, dD (d,), dz (b, d, L), ddelta_bias (d,),
+        float32; the entries for absent optional inputs are None.
+    """
+    b, d, L = u.shape
+    n = A.shape[1]
+    lib = _checked_library(n)
+    f32 = [None if x is None else x.float() for x in (u, delta, A, B, C, D, z, delta_bias)]
+    prm = _params(f32, delta_softplus, reverse)
+    if not (prm[6] and prm[7]):
+        raise ValueError("selective_scan native backward: B and C must be time-variant ((b, n, L) or (b, g, n, L))")
+    c_prm = (ctypes.c_int64 * len(prm))(*prm)
+    items = lib.pf_selective_scan_bwd_items(c_prm)
+    gout = grad_out.float().contiguous()
+    glast = None if grad_last is None else grad_last.float().contiguous()
+    du, ddelta, dz = (torch.empty(b, d, L) for _ in range(3))
+    dA, dD, dbias = torch.empty(b, d, n), torch.empty(b, d), torch.empty(b, d)
+    dB_part, dC_part = torch.empty(b, items, n, L), torch.empty(b, items, n, L)
+    tensors = (*f32, gout, glast, du, ddelta, dz, dA, dD, dbias, dB_part, dC_part)
+    ptrs = (ctypes.c_void_p * len(tensors))(*[0 if x is None else x.data_ptr() for x in tensors])
+    status = lib.pf_selective_scan_bwd(ptrs, c_prm, torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"selective_scan native backward rejected b={b} d={d} L={L} n={n} groups B={prm[4]} "
+                           f"C={prm[5]} (status {status})")
+
+    def per_group(part: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        # work items run group-major (lcm of the B and C groups, then channel blocks): sum those of each group of M
+        groups = 1 if M.dim() == 3 else M.shape[1]
+        return part.reshape(b, groups, -1, n, L).sum(2).reshape(M.shape)
+
+    return (du, ddelta, dA.sum(0), per_group(dB_part, B), per_group(dC_part, C),
+            None if D is None else dD.sum(0), None if z is None else dz,
+            None if delta_bias is None else dbias.sum(0))
