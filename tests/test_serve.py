@@ -134,7 +134,7 @@ def test_generate_weights_rules(server, tmp_path):
             assert job["state"] != "done"
             time.sleep(0.1)
         messages.append(job["message"])
-    assert messages[0].startswith("no weights for var_d6_32: pixelforge does not bundle generator weights yet")
+    assert messages[0].startswith("no weights for var_d6_32: its bundled weights are not installed")
     assert messages[1] == ("var.safetensors names its tokenizer weights by a path on the server; upload the "
                            "tokenizer file as well")
     assert _post(f"{base}/api/v/{token}/generate", {"model": "/tmp/pipeline-folder"})[1]["error"] == \

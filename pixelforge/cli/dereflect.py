@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("dereflect", help="remove reflections from photos (files or folders)",
                                    description="Remove reflections with RRFormer or another dereflection model "
                                                "(cfsr_dereflect, hat_s_dereflect, craft_dereflect), tile by tile.")
-    add_image_to_image_arguments(parser, default_model="rrformer")
+    add_image_to_image_arguments(parser, default_model="rrformer_small")
     parser.add_argument("--vgg-weights", metavar="V",
                         help="torchvision VGG-19 weights for RRFormer's hypercolumn (default: vgg19.safetensors / "
                              "vgg19.pth in $PIXELFORGE_HOME/weights, else a fixed-seed random VGG-19, with a warning)")

@@ -209,7 +209,7 @@ def run_generate(job: Job, req: GenerateRequest, out_dir: Path, register: Regist
         if not 1 <= req.n <= 64:
             raise ValueError("the number of images per class must be between 1 and 64")
         if not req.weights and pretrained_status(req.model) in ("-", "missing"):
-            raise ValueError(f"no weights for {req.model}: pixelforge does not bundle generator weights yet; upload "
+            raise ValueError(f"no weights for {req.model}: its bundled weights are not installed; upload "
                              f"a weights file (a VAR model also needs its tokenizer) or start the page with "
                              f"`pixelforge serve --weights {req.model}=PATH`")
         args = cli_args("generate", ["--model", req.model])

@@ -371,6 +371,9 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = {
     "rrformer": _cfg(notes="released network (self-attention stage off); no official weights are released"),
     "rrformer_paper": _cfg(notes="paper-style self-attention stage; unverifiable against official code"),
+    "rrformer_small": _cfg(file="rrformer_small_dereflect.safetensors",
+                           notes="trained by `pixelforge train configs/dereflect/rrformer_small.yaml` on synthetic "
+                                 "pairs from T91 + BSDS200-train"),
 }
 
 
@@ -378,6 +381,14 @@ default_cfgs = {
 def rrformer(pretrained: bool = False, **kwargs) -> DenseImageModel:
     """RRFormer as released: F 256, self-attention stage off (PEM → MSFEM), pyramid pooling, 1x1 + ReLU output."""
     return _create_rrformer("rrformer", pretrained, **kwargs)
+
+
+@register_model
+def rrformer_small(pretrained: bool = False, **kwargs) -> DenseImageModel:
+    """The CPU-sized RRFormer of ``configs/dereflect/rrformer_small.yaml`` (F 32, half-resolution width 64, residual
+    3x3 restoration head): the dereflection model ``pixelforge dereflect`` runs by default."""
+    args = dict(embed_dim=32, mid_dim=64, head="restore", residual=True, kernel_size=3)
+    return _create_rrformer("rrformer_small", pretrained, **{**args, **kwargs})
 
 
 @register_model

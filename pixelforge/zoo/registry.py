@@ -83,12 +83,12 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
     features_only = kwargs.pop("features_only", False)
     feature_args = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
 
+    if weights is None and pretrained:  # found (or reported missing) before anything is built
+        weights = _pretrained_source(variant, cfg)
     model = model_cls(**{**model_args, **kwargs})
     model.pretrained_cfg = model.default_cfg = cfg  # as timm's builder does
     if filter_fn is not None:  # timm's checkpoint_path= loads with load_state_dict: convert official keys there too
         model.register_load_state_dict_pre_hook(partial(_convert_official_keys, filter_fn=filter_fn))
-    if weights is None and pretrained:
-        weights = _pretrained_source(variant, cfg)
     if weights is not None:
         reset = ()
         pretrained_classes = cfg.get("num_classes")

@@ -45,7 +45,11 @@ default_cfgs = {f"dit_{s}_{p}": _cfg() for s in _SIZES for p in (2, 4, 8)}
 _PIXEL = dict(sample_size=32, in_channels=3, learn_sigma=False, num_classes=10)
 default_cfgs.update({
     "dit_tiny_4": _cfg(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, license="apache-2.0",
-                       notes="pixel-space CPU model (specs/diffscaler.md §5)"),
+                       file="dit_tiny_4_cifar_animals.safetensors",
+                       notes="pixel-space CPU model (specs/diffscaler.md §5), trained by `pixelforge train "
+                             "configs/diffscaler/dit_tiny_cifar_animals.yaml`; its DiffScaler tasks "
+                             "(configs/diffscaler/adapt_cifar.yaml) lie beside it as "
+                             "dit_tiny_4_cifar_animals-task-NAME.safetensors"),
     "dit_micro_2": _cfg(input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, license="apache-2.0",
                         notes="smoke-test model"),
 })

@@ -423,7 +423,9 @@ default_cfgs = {
     "var_d24": _cfg(file="var_d24.pth", notes="official FoundationVision/var release"),
     "var_d30": _cfg(file="var_d30.pth", notes="official FoundationVision/var release"),
     "var_d36": _cfg(file="var_d36.pth", input_size=(3, 512, 512), notes="official release (d36-s, 512²)"),
-    "var_d6_32": _cfg(input_size=(3, 32, 32), num_classes=10, notes="small CPU config (CIFAR-10)"),
+    "var_d6_32": _cfg(input_size=(3, 32, 32), num_classes=10, file="var_d6_32_cifar10.safetensors",
+                      notes="small CPU config (CIFAR-10), trained by `pixelforge train "
+                            "configs/var/var_d6_cifar10.yaml`"),
     "var_d8_64": _cfg(input_size=(3, 64, 64), num_classes=10, notes="small CPU config (64²)"),
 }
 

@@ -356,7 +356,9 @@ def _cfg(**kwargs) -> dict:
 
 default_cfgs = {
     "var_vqvae_f16": _cfg(file="vae_ch160v4096z32.pth", notes="official FoundationVision/var release"),
-    "var_vqvae_f4_32": _cfg(input_size=(3, 32, 32), notes="small 32x32 config (CIFAR-10), trained by pixelforge"),
+    "var_vqvae_f4_32": _cfg(input_size=(3, 32, 32), file="var_vqvae_f4_32_cifar10.safetensors",
+                            notes="small 32x32 config (CIFAR-10), trained by `pixelforge train "
+                                  "configs/var/vqvae_cifar10.yaml`"),
     "var_vqvae_f4_64": _cfg(input_size=(3, 64, 64), notes="small 64x64 config"),
 }
 
