@@ -83,10 +83,30 @@ def test_reduced_precision():
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.05
     with autocast("bf16", "cpu"):
         assert model.head.upsample[0](torch.rand(1, 8, 4, 4)).dtype == torch.bfloat16
-    overflow = nn.Conv2d(3, 3, 1)
+    overflow = nn.Conv2d(3, 3, 1)  # beyond fp16's range (65504), within bf16's
     nn.init.constant_(overflow.weight, 1e5)
-    with pytest.raises(NonFiniteOutputError, match="fp16.*bf16 or fp32"):  # fp16 overflow is never silent
+    with pytest.warns(UserWarning, match="NaN/inf in fp16; such tiles are redone in bf16") as caught:
+        out = run_tiled(overflow, x, tile=16, overlap=4, precision="fp16")  # 1x1 conv: tiles blend exactly
+    assert len(caught) == 1  # one warning per run, not per tile
+    torch.testing.assert_close(out, run_tiled(overflow, x, precision="bf16"))
+    nn.init.constant_(overflow.bias, float("nan"))  # non-finite in every precision: never silent
+    with pytest.raises(NonFiniteOutputError, match="fp16.*bf16 or fp32"), pytest.warns(UserWarning):
         run_tiled(overflow, x, precision="fp16")
+
+
+def test_fp16_non_finite_tiles_redone_in_bf16_then_fp32():
+    """An injected non-finite output: the model returns inf under fp16 autocast, NaN under bf16, finite in fp32."""
+    class Fragile(nn.Module):
+        def forward(self, x):
+            if torch.is_autocast_enabled("cpu"):
+                bad = float("inf") if torch.get_autocast_dtype("cpu") == torch.float16 else float("nan")
+                return x * bad
+            return x * 2
+
+    x = torch.rand(1, 3, 12, 14)
+    with pytest.warns(UserWarning, match="redone in fp32"):
+        out = run_tiled(Fragile(), x, precision="fp16")
+    assert torch.equal(out, x * 2)
 
 
 def test_cfsr_tiled_matches_whole_image():

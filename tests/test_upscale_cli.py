@@ -240,7 +240,7 @@ def test_stale_temporaries_are_removed_and_sigterm_leaves_none(tmp_path):
             "import pixelforge.cli.image_to_image as up\n"
             "from pixelforge.cli import main\n"
             "from pixelforge.data.image_io import atomic_open\n"
-            "def slow_write(path, *args):\n"
+            "def slow_write(path, *args, **kwargs):\n"
             "    with atomic_open(path) as f:\n"
             "        f.write(b'partial'); f.flush(); print('writing', flush=True); time.sleep(120)\n"
             "up.write_image = slow_write\n"

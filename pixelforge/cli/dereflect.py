@@ -3,23 +3,17 @@
 The image-to-image batch of ``upscale`` does the work (:func:`.image_to_image.run_image_to_image`): the tiled runner
 bounds memory by the tile, not the image (a 3840x2160 photo stays well under 4 GiB on the CPU with RRFormer),
 outputs are written atomically, and a bad input is reported on one line naming the file while the batch continues.
-This command adds ``--vgg-weights`` (RRFormer's hypercolumn VGG-19) and prints warnings (such as the random VGG-19
-notice) as single lines.
+This command adds ``--vgg-weights`` (RRFormer's hypercolumn VGG-19); the default model is ``rrformer_small`` with its
+bundled weights.
 """
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 
 from .common import fail
 from .image_to_image import add_image_to_image_arguments, run_image_to_image
 
 __all__ = ["add_parser"]
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"pixelforge dereflect: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _run(args) -> int:
@@ -29,10 +23,7 @@ def _run(args) -> int:
         if args.model is not None and not args.model.startswith("rrformer"):
             return fail("dereflect", f"--vgg-weights applies to RRFormer models only, not '{args.model}'")
         args.model_args = {"vgg_weights": args.vgg_weights}
-    with warnings.catch_warnings():  # e.g. the random VGG-19 notice, as one line
-        warnings.simplefilter("default")
-        warnings.showwarning = _one_line_warning
-        return run_image_to_image(args, "dereflect")
+    return run_image_to_image(args, "dereflect")
 
 
 def add_parser(subparsers) -> None:

@@ -1,25 +1,49 @@
 """What the image-to-image commands (``upscale``, ``dereflect``) share: their arguments and the batch of files.
 
-Inputs are files or folders (the images directly inside, by suffix); outputs are PNG files named after the inputs in
-the ``-o`` folder, or the ``-o`` file itself for a single input file. A file that fails is reported on one stderr
-line and leaves no output; the others are still processed and a summary names the failures (exit code 2 when some
-images were written, 1 when none was).
+Inputs are files or folders (the images directly inside, by suffix); outputs are named after the inputs in the
+``-o`` folder (``NAME[_SUFFIX].EXT``, ``--suffix``/``--ext`` as in Real-ESRGAN), or the ``-o`` file itself for a
+single input file. Outputs keep the input's alpha (``--alpha``), bit depth (16-bit PNG), ICC profile and EXIF
+(orientation reset: the pixels are written upright). A file that fails is reported on one stderr line and leaves no
+output; the others are still processed and a summary names the failures (exit code 2 when some images were
+written, 1 when none was). Warnings are single ``pixelforge COMMAND: warning: ...`` lines.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from ..data.image_io import (IMAGE_SUFFIXES, ImageIOError, check_writable, list_image_files, read_image,
                              remove_stale_temporaries, write_image)
 from ..infer.precision import announce, resolve_device
 from ..infer.runner import RunnerError, load_runner, one_line, process_image
-from ..infer.tiling import plan_tiles
+from ..infer.tiling import auto_tile, plan_tiles
 from .common import (EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, add_backend_argument, add_device_argument,
                      add_precision_argument, fail)
 
 __all__ = ["add_image_to_image_arguments", "collect_jobs", "make_folder", "run_image_to_image"]
+
+EXTENSIONS = ("auto", "png", "jpg", "webp")
+
+
+def _tile(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a tile size in pixels or 'auto', got '{text}'") from None
+
+
+def _outscale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive scale, got '{text}'")
+    return value
 
 
 def add_image_to_image_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
@@ -34,18 +58,31 @@ def add_image_to_image_arguments(parser: argparse.ArgumentParser, default_model:
     parser.add_argument("--weights", metavar="W",
                         help="weights file (pixelforge safetensors, an official checkpoint, or with the spandrel "
                              "extra any layout spandrel knows); default: the model's bundled pretrained weights")
-    parser.add_argument("--tile", type=int, default=512, metavar="N",
-                        help="tile size in input pixels; 0 processes whole images at once (default 512)")
+    parser.add_argument("--tile", type=_tile, default=512, metavar="N|auto",
+                        help="tile size in input pixels; 0 processes whole images at once; auto: the largest tile "
+                             "the free memory of the device allows (default 512). On a CUDA out-of-memory error the "
+                             "tile is halved and the image retried")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="M",
                         help="pixels shared by neighbouring tiles, blended (default: the model's receptive-field "
                              "recommendation, e.g. 80 for HAT, 32 for most others)")
+    parser.add_argument("--outscale", type=_outscale, metavar="S",
+                        help="final scale of the output relative to the input (e.g. 3.5), reached by a Lanczos "
+                             "resize after the model (default: the model's scale)")
+    parser.add_argument("--suffix", default="", help="added to output names in a folder: NAME_SUFFIX.EXT "
+                                                     "(default: none)")
+    parser.add_argument("--ext", choices=EXTENSIONS, default="png",
+                        help="output format in a folder: png (default), jpg, webp, or auto (the input's format); "
+                             "images with alpha are written as PNG when the format has no alpha (jpg)")
+    parser.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic",
+                        help="how an alpha channel is upscaled: bicubic (default) or by the model, as a gray image")
     add_precision_argument(parser)
     add_device_argument(parser)
     add_backend_argument(parser)
 
 
-def collect_jobs(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
-    """(input file, output file) pairs. A single input file with an image suffix on ``output`` writes that file."""
+def collect_jobs(inputs: list[str], output: str, suffix: str = "", ext: str = "png") -> list[tuple[Path, Path]]:
+    """(input file, output file) pairs. A single input file with an image suffix on ``output`` writes that file;
+    otherwise outputs are ``output/NAME[_suffix].ext`` (``ext`` ``auto``: the input's own suffix)."""
     out = Path(output)
     if len(inputs) == 1 and not Path(inputs[0]).is_dir() and out.suffix.lower() in IMAGE_SUFFIXES \
             and not out.is_dir():
@@ -59,7 +96,8 @@ def collect_jobs(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
             files += found
         else:
             files.append(item)
-    return [(f, out / f"{f.stem}.png") for f in files]
+    tail = f"_{suffix}" if suffix else ""
+    return [(f, out / f"{f.stem}{tail}{f.suffix.lower() if ext == 'auto' else '.' + ext}") for f in files]
 
 
 def make_folder(folder: Path) -> list[Path]:
@@ -75,25 +113,37 @@ def make_folder(folder: Path) -> list[Path]:
 def run_image_to_image(args: argparse.Namespace, command: str) -> int:
     """Process every input of an image-to-image command (arguments from :func:`add_image_to_image_arguments`).
 
-    Returns the exit code: 0 when every image was written, 1 otherwise (including setup errors, each reported as
+    Returns the exit code: 0 when every image was written, 2 when some were, 1 when none was (setup errors are
     one line ``pixelforge COMMAND: error: ...`` on stderr). Outputs that cannot be written are found before the
     model is loaded; output folders are created when their first image is written, so a failed run leaves none.
     """
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"pixelforge {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # e.g. RRFormer's random VGG-19 notice or an out-of-memory retry, as one line
+        warnings.simplefilter("default")
+        warnings.showwarning = one_line_warning
+        return _run_jobs(args, command)
+
+
+def _run_jobs(args: argparse.Namespace, command: str) -> int:
     from tqdm import tqdm
 
     try:
-        jobs = collect_jobs(args.inputs, args.output)
+        jobs = collect_jobs(args.inputs, args.output, args.suffix, args.ext)
         for _, dst in jobs:
             check_writable(dst)
         device = resolve_device(args.device)
-        overlap = args.tile_overlap
-        if args.tile < 0 or (overlap is not None and (overlap < 0 or (args.tile and overlap >= args.tile))):
+        overlap, tile = args.tile_overlap, None if args.tile in (0, "auto") else args.tile
+        if (tile is not None and tile < 0) or (overlap is not None and (overlap < 0 or (tile and overlap >= tile))):
             raise RunnerError(f"need --tile >= 0 and --tile-overlap in [0, --tile), got --tile {args.tile} and "
-                               f"--tile-overlap {args.tile_overlap}")
-        tile = args.tile or None
+                              f"--tile-overlap {args.tile_overlap}")
         model, choice, tile = load_runner(args.model, args.weights, device, default=args.default_model, tile=tile,
                                           precision=args.precision, backend=args.backend,
                                           model_args=getattr(args, "model_args", None))
+        if args.tile == "auto":
+            tile = auto_tile(model, device)
+            print(f"pixelforge {command}: note: --tile auto chose tile {tile}", file=sys.stderr)
         tile, overlap, notes = plan_tiles(model, tile, args.tile_overlap)
         for note in notes:  # once for the run, not once per image
             print(f"pixelforge {command}: note: {note}", file=sys.stderr)
@@ -114,9 +164,13 @@ def run_image_to_image(args: argparse.Namespace, command: str) -> int:
                 raise RunnerError(f"{src}: {dst} is already written for {seen[key]} (same file name)")
             seen[key] = src
             image = read_image(src)
-            result = process_image(model, image, tile, overlap, choice.precision, device)
+            result = process_image(model, image, tile, overlap, choice.precision, device, alpha=args.alpha,
+                                   outscale=args.outscale)
+            if result.alpha is not None and dst.suffix.lower() in (".jpg", ".jpeg") and dst != Path(args.output):
+                dst = dst.with_suffix(".png")  # JPEG has no alpha: as Real-ESRGAN, such images are written as PNG
             created += make_folder(dst.parent)
-            write_image(dst, result.pixels, result.alpha, result.bit_depth)
+            write_image(dst, result.pixels, result.alpha, result.bit_depth, icc_profile=result.icc_profile,
+                        exif=result.exif)
             if len(jobs) == 1:
                 print(f"wrote {dst} ({result.pixels.shape[-1]}x{result.pixels.shape[-2]})")
         except (RunnerError, ImageIOError) as exc:  # their messages name the file

@@ -3,7 +3,8 @@
 - Read: 8-bit grayscale / RGB / RGBA (palette, 1-bit, CMYK, YCbCr... converted), 16-bit PNG (any colour type, own
   decoder since Pillow reads 16-bit colour PNGs as 8-bit) and 16-bit grayscale TIFF. The EXIF orientation is
   applied. Pixels become a float32 (C, H, W) tensor in [0, 1] with C = 1 or 3; an alpha channel is returned
-  separately (the caller processes it on its own and writes it back).
+  separately (the caller processes it on its own and writes it back). The ICC profile and the EXIF block (its
+  orientation reset to 1, since the pixels are turned upright) come along, for the output to keep them.
 - Write: the format follows the file suffix; 16-bit output is written as PNG (own encoder), 8-bit through Pillow.
   Writes are atomic: a temporary file in the same folder, then ``os.replace``; a failed write leaves nothing behind,
   and the temporary file of a writer killed outright (SIGKILL) is removed by :func:`remove_stale_temporaries`.
@@ -77,11 +78,15 @@ class ImageData:
         pixels: (C, H, W) float32 in [0, 1], C = 1 (grayscale) or 3 (RGB).
         alpha: (1, H, W) float32 in [0, 1], or None when the image has no alpha channel.
         bit_depth: 8 or 16, the precision of the file (write the result back with the same depth).
+        icc_profile: the file's embedded ICC colour profile (bytes), or None.
+        exif: the file's EXIF block with the orientation reset to 1 (the pixels are upright), or None.
     """
 
     pixels: torch.Tensor
     alpha: torch.Tensor | None = None
     bit_depth: int = 8
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------- read
@@ -114,10 +119,24 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> ImageDat
             raise EmptyImageError(path, f"zero-size image ({width}x{height})")
         _check_pixel_limit(width, height, path)
         if depth == 16:
-            arr, orientation = _decode_png16(data, path)
-            return _to_image_data(_orient(arr, orientation), 16, channels)
-    arr, depth, orientation = _decode_pil(data, path)
-    return _to_image_data(_orient(arr, orientation), depth, channels)
+            arr, exif, icc = _decode_png16(data, path)
+            return _to_image_data(_orient(arr, _orientation(exif)), 16, channels, icc, _upright(exif))
+    arr, depth, exif, icc = _decode_pil(data, path)
+    return _to_image_data(_orient(arr, _orientation(exif)), depth, channels, icc, _upright(exif))
+
+
+def _orientation(exif: Image.Exif | None) -> int:
+    return int(exif.get(_EXIF_ORIENTATION, 1)) if exif is not None else 1
+
+
+def _upright(exif: Image.Exif | None) -> bytes | None:
+    """The EXIF block to write with upright pixels (orientation 1), in the ``Exif\\0\\0`` form Pillow writes; None
+    when the file has none."""
+    if exif is None or not len(exif):
+        return None
+    if _EXIF_ORIENTATION in exif:
+        exif[_EXIF_ORIENTATION] = 1
+    return exif.tobytes()
 
 
 def _check_pixel_limit(width: int, height: int, path: Path) -> None:
@@ -129,16 +148,16 @@ def _check_pixel_limit(width: int, height: int, path: Path) -> None:
                                    f"could be decompression bomb DOS attack.")
 
 
-def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, int, int]:
-    """Decode with Pillow → (uint8/uint16 H×W or H×W×C array, bit depth, EXIF orientation)."""
+def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, int, Image.Exif, bytes | None]:
+    """Decode with Pillow → (uint8/uint16 H×W or H×W×C array, bit depth, EXIF, ICC profile)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width == 0 or im.height == 0:
                 raise EmptyImageError(path, f"zero-size image ({im.width}x{im.height})")
             im.load()
-            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+            exif, icc = im.getexif(), im.info.get("icc_profile") or None
             if im.mode in _MODES_16:
-                return np.asarray(im).astype(np.uint16), 16, orientation
+                return np.asarray(im).astype(np.uint16), 16, exif, icc
             if im.mode not in _MODE_CONVERSIONS and im.mode != "P":
                 raise UnsupportedImageError(path, f"unsupported image mode '{im.mode}' (pixelforge reads 8-bit and "
                                                   f"16-bit grayscale, RGB and RGBA images)")
@@ -150,7 +169,7 @@ def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, int, int]:
                 target = "RGBA"
             if target != im.mode:
                 im = im.convert(target)
-            return np.asarray(im), 8, orientation
+            return np.asarray(im), 8, exif, icc
     except ImageIOError:
         raise
     except UnidentifiedImageError:
@@ -178,7 +197,8 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
 
 
-def _to_image_data(arr: np.ndarray, bit_depth: int, channels: int | None) -> ImageData:
+def _to_image_data(arr: np.ndarray, bit_depth: int, channels: int | None, icc: bytes | None = None,
+                   exif: bytes | None = None) -> ImageData:
     """uint8/uint16 H×W, H×W×2 (gray+alpha), H×W×3 or H×W×4 → :class:`ImageData`."""
     arr = arr[..., None] if arr.ndim == 2 else arr
     t = torch.from_numpy(arr.astype(np.int32 if arr.dtype == np.uint16 else np.uint8)).permute(2, 0, 1)
@@ -188,13 +208,13 @@ def _to_image_data(arr: np.ndarray, bit_depth: int, channels: int | None) -> Ima
         pixels = pixels.expand(3, -1, -1).contiguous()
     elif channels == 1 and pixels.shape[0] == 3:
         pixels = torch.tensordot(pixels.new_tensor(LUMA_BT601), pixels, dims=1)[None]
-    return ImageData(pixels.contiguous(), None if alpha is None else alpha.contiguous(), bit_depth)
+    return ImageData(pixels.contiguous(), None if alpha is None else alpha.contiguous(), bit_depth, icc, exif)
 
 
 # ------------------------------------------------------------------------------------------------- 16-bit PNG
-def _decode_png16(data: bytes, path: Path) -> tuple[np.ndarray, int]:
-    """A 16-bit PNG → (uint16 H×W×C array, EXIF orientation). Checks chunk CRCs and the stream's completeness."""
-    pos, idat, trns, orientation, header = 8, [], None, 1, None
+def _decode_png16(data: bytes, path: Path) -> tuple[np.ndarray, Image.Exif | None, bytes | None]:
+    """A 16-bit PNG → (uint16 H×W×C array, EXIF, ICC profile). Checks chunk CRCs and the stream's completeness."""
+    pos, idat, trns, exif, icc, header = 8, [], None, None, None, None
     while True:
         if pos + 8 > len(data):
             raise ImageReadError(path, "truncated or incomplete file (PNG ends before its IEND chunk)")
@@ -215,7 +235,11 @@ def _decode_png16(data: bytes, path: Path) -> tuple[np.ndarray, int]:
         elif kind == b"eXIf":
             exif = Image.Exif()
             exif.load(body)
-            orientation = int(exif.get(_EXIF_ORIENTATION, 1))
+        elif kind == b"iCCP":  # profile name, NUL, compression method (0: zlib), compressed profile
+            try:
+                icc = zlib.decompress(body[body.index(b"\0") + 2:])
+            except (ValueError, zlib.error):  # a damaged profile is dropped, as Pillow does
+                icc = None
         elif kind == b"IEND":
             break
     width, height, _, color_type, _, _, interlace = header
@@ -250,7 +274,7 @@ def _decode_png16(data: bytes, path: Path) -> tuple[np.ndarray, int]:
         key = np.frombuffer(trns, ">u2").astype(np.uint16)
         alpha = np.where((arr == key).all(axis=-1), 0, 65535).astype(np.uint16)
         arr = np.concatenate([arr, alpha[..., None]], axis=-1)
-    return arr, orientation
+    return arr, exif, icc
 
 
 def _unfilter(rows: np.ndarray, width: int, bpp: int, path: Path) -> np.ndarray:
@@ -277,8 +301,9 @@ def _unfilter(rows: np.ndarray, width: int, bpp: int, path: Path) -> np.ndarray:
     return rec[1:, 1:].astype(np.uint8)
 
 
-def _encode_png16(arr: np.ndarray) -> bytes:
-    """uint16 H×W×C (C = 1..4: gray, gray+alpha, RGB, RGBA) → PNG bytes (16-bit, "Up" row filter)."""
+def _encode_png16(arr: np.ndarray, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
+    """uint16 H×W×C (C = 1..4: gray, gray+alpha, RGB, RGBA) → PNG bytes (16-bit, "Up" row filter), with an ICC
+    profile (iCCP) and an EXIF block (eXIf) when given."""
     height, width, n_chan = arr.shape
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[n_chan]
     rows = np.ascontiguousarray(arr, dtype=">u2").view(np.uint8).reshape(height, width * n_chan * 2)
@@ -290,7 +315,10 @@ def _encode_png16(arr: np.ndarray) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return (_PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+    extra = chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile)) if icc_profile else b""
+    if exif:
+        extra += chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    return (_PNG_SIGNATURE + chunk(b"IHDR", header) + extra + chunk(b"IDAT", zlib.compress(raw, 6))
             + chunk(b"IEND", b""))
 
 
@@ -381,11 +409,14 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def write_image(path: str | os.PathLike, pixels: torch.Tensor, alpha: torch.Tensor | None = None,
-                bit_depth: int = 8, quality: int = 95) -> Path:
+                bit_depth: int = 8, quality: int = 95, icc_profile: bytes | None = None,
+                exif: bytes | None = None) -> Path:
     """Write (C, H, W) float pixels in [0, 1] (C = 1 or 3) and an optional (1, H, W) alpha atomically.
 
     The format follows the suffix (PNG, JPEG, WebP, BMP, TIFF). ``bit_depth`` 16 is honoured for PNG (other formats
-    get 8 bits). ``quality`` applies to JPEG and WebP. Raises :class:`ImageWriteError` naming the file.
+    get 8 bits). ``quality`` applies to JPEG and WebP. ``icc_profile`` and ``exif`` (e.g. an input's, from
+    :class:`ImageData`) are embedded where the format stores them (PNG, JPEG, WebP, TIFF). Raises
+    :class:`ImageWriteError` naming the file.
     """
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -404,10 +435,13 @@ def write_image(path: str | os.PathLike, pixels: torch.Tensor, alpha: torch.Tens
     try:
         with atomic_open(path) as f:
             if depth == 16:
-                f.write(_encode_png16(arr))
+                f.write(_encode_png16(arr, icc_profile, exif))
             else:
                 im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-                im.save(f, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+                options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+                if fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
+                    options.update({k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v})
+                im.save(f, format=fmt, **options)
     except OSError as exc:
         raise ImageWriteError(path, f"cannot write the file ({exc.strerror or exc})") from None
     return path

@@ -6,8 +6,10 @@ grayscale handling. The commands themselves (argument parsing, files, exit codes
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,10 +18,10 @@ from ..data.image_io import LUMA_BT601, ImageData
 from ..zoo import CheckpointError, create_model, read_checkpoint, stored_training_config
 from .onnx_backend import OnnxRuntimeModel
 from .precision import PrecisionChoice, prepare_model, probe_input
-from .tiling import run_tiled
+from .tiling import MIN_TILE, run_tiled
 
 __all__ = ["RunnerError", "identify_checkpoint", "load_model", "load_runner", "model_channels", "model_name",
-           "process_image", "one_line"]
+           "process_image", "lanczos_resize", "one_line"]
 
 
 class RunnerError(Exception):
@@ -151,27 +153,68 @@ def model_channels(model: nn.Module) -> int:
 
 
 def process_image(model: nn.Module, image: ImageData, tile: int | None = None, overlap: int | None = None,
-                  precision: str = "fp32", device: torch.device | None = None, progress=None) -> ImageData:
-    """Run an image-to-image model on a decoded image; alpha is resized on its own (bicubic) and kept.
+                  precision: str = "fp32", device: torch.device | None = None, progress=None,
+                  alpha: str = "bicubic", outscale: float | None = None) -> ImageData:
+    """Run an image-to-image model on a decoded image, keeping its alpha, bit depth, ICC profile and EXIF.
 
     Grayscale input to a 3-channel model is replicated and the result turned back to one channel (BT.601 luma);
-    colour input to a 1-channel model is processed channel by channel. Returns pixels (C, s·H, s·W) in [0, 1] and
-    the input's bit depth. ``progress(done, total)`` is called after each tile (see :func:`run_tiled`).
+    colour input to a 1-channel model is processed channel by channel. ``alpha``: ``bicubic`` resizes the alpha
+    channel on its own, ``model`` runs it through the model too (as a gray image). ``outscale``: the final scale
+    relative to the input, reached by a Lanczos resize of the model's output (None: the model's own scale).
+    A CUDA out-of-memory error halves the tile and retries (a warning says so). Returns pixels (C, S·H, S·W) in
+    [0, 1]. ``progress(done, total)`` is called after each tile (see :func:`run_tiled`).
     """
-    pixels = image.pixels
+    options = dict(overlap=overlap, precision=precision, device=device, progress=progress)
+    out, tile = _retrying(lambda t: _run_channels(model, image.pixels, t, options), tile, image.pixels.shape[-2:])
+    matte = image.alpha
+    if matte is not None and alpha == "model":
+        matte = _retrying(lambda t: _run_channels(model, matte, t, options), tile, matte.shape[-2:])[0]
+    elif matte is not None and matte.shape[-2:] != out.shape[-2:]:
+        matte = F.interpolate(matte[None], size=out.shape[-2:], mode="bicubic", align_corners=False)[0]
+    if outscale is not None:
+        size = tuple(max(1, round(n * outscale)) for n in image.pixels.shape[-2:])
+        if size != tuple(out.shape[-2:]):
+            out = lanczos_resize(out, size)
+            matte = None if matte is None else lanczos_resize(matte, size)
+    return ImageData(out.clamp(0, 1), None if matte is None else matte.clamp(0, 1), image.bit_depth,
+                     image.icc_profile, image.exif)
+
+
+def _run_channels(model: nn.Module, pixels: torch.Tensor, tile: int | None, options: dict) -> torch.Tensor:
+    """(C, H, W) → (C, s·H, s·W) through ``model``, whatever its channel count (see :func:`process_image`)."""
     channels = model_channels(model)
-    options = dict(tile=tile, overlap=overlap, precision=precision, device=device, progress=progress)
     if channels == 3 and pixels.shape[0] == 1:
-        out = run_tiled(model, pixels.expand(3, -1, -1)[None], **options)[0]
-        out = torch.tensordot(out.new_tensor(LUMA_BT601), out, dims=1)[None]
-    elif channels == 1 and pixels.shape[0] == 3:
-        out = run_tiled(model, pixels[:, None], **options)[:, 0]
-    else:
-        out = run_tiled(model, pixels[None], **options)[0]
-    alpha = image.alpha
-    if alpha is not None and alpha.shape[-2:] != out.shape[-2:]:
-        alpha = F.interpolate(alpha[None], size=out.shape[-2:], mode="bicubic", align_corners=False)[0]
-    return ImageData(out.clamp(0, 1), None if alpha is None else alpha.clamp(0, 1), image.bit_depth)
+        out = run_tiled(model, pixels.expand(3, -1, -1)[None], tile, **options)[0]
+        return torch.tensordot(out.new_tensor(LUMA_BT601), out, dims=1)[None]
+    if channels == 1 and pixels.shape[0] == 3:
+        return run_tiled(model, pixels[:, None], tile, **options)[:, 0]
+    return run_tiled(model, pixels[None], tile, **options)[0]
+
+
+def _retrying(run, tile: int | None, hw) -> tuple[torch.Tensor, int | None]:
+    """``run(tile)``, halving the tile after each CUDA out-of-memory error down to :data:`MIN_TILE`: (output, the
+    tile that worked)."""
+    while True:
+        try:
+            return run(tile), tile
+        except torch.OutOfMemoryError:
+            smaller = (max(hw) if tile is None else tile) // 2
+            if smaller < MIN_TILE:
+                raise
+            warnings.warn(f"out of memory with {f'tile {tile}' if tile else 'whole images'}; retrying with tile "
+                          f"{smaller}", stacklevel=2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            tile = smaller
+
+
+def lanczos_resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float → (C, *size) with Pillow's Lanczos (a = 3) on float32 planes (no 8-bit rounding)."""
+    from PIL import Image
+
+    planes = [Image.fromarray(c.float().cpu().numpy()).resize(size[::-1], Image.Resampling.LANCZOS)
+              for c in img]
+    return torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32).copy()) for p in planes])
 
 
 def one_line(exc: BaseException) -> str:

@@ -19,9 +19,10 @@ from torch import nn
 from ..vision.dense import DenseImageModel
 from .precision import autocast, check_finite
 
-__all__ = ["run_tiled", "tile_starts", "plan_tiles", "MIN_TILE", "OutputTooLargeError"]
+__all__ = ["run_tiled", "tile_starts", "plan_tiles", "auto_tile", "MIN_TILE", "MAX_AUTO_TILE", "OutputTooLargeError"]
 
 MIN_TILE = 16  # smaller tiles save no memory and multiply the model calls (per-call overhead would dominate)
+MAX_AUTO_TILE = 1024  # --tile auto never goes beyond: larger tiles gain little and delay the first progress
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -68,6 +69,41 @@ def _output_buffer(shape: tuple[int, ...]) -> torch.Tensor:
     raise OutputTooLargeError(f"the {shape[-1]}x{shape[-2]} output needs {nbytes / 2 ** 30:.1f} GiB for its "
                               f"full-size float32 buffer and {problem}; a smaller tile does not reduce it (process a "
                               f"smaller or cropped image)")
+
+
+def _bytes_per_pixel(model: nn.Module, device: torch.device) -> float:
+    """Memory one input pixel costs in a forward: measured on CUDA (peak allocation of a 64x64 probe, batch 1),
+    estimated on the CPU as 16 live float32 maps of the model's widest layer (no peak counter there)."""
+    if device.type == "cuda":
+        multiple = int(getattr(model, "spatial_multiple", 1))
+        side = -(-64 // multiple) * multiple
+        probe = torch.rand(1, int(getattr(model, "in_chans", 3)), side, side, device=device)
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.inference_mode():
+            _forward(model, probe, multiple, int(getattr(model, "upscale", 1)))
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / side ** 2
+    widest = max((m.out_features if isinstance(m, nn.Linear) else m.out_channels for m in model.modules()
+                  if isinstance(m, (nn.Linear, nn.Conv2d))), default=64)
+    return 4.0 * 16 * widest
+
+
+def auto_tile(model: nn.Module, device: torch.device | str, free_bytes: int | None = None) -> int:
+    """``--tile auto``: the largest tile whose forward should fit in half the free memory of ``device`` (CUDA:
+    ``mem_get_info``; CPU: ``MemAvailable``), a multiple of ``model.spatial_multiple`` in
+    [:data:`MIN_TILE`, :data:`MAX_AUTO_TILE`]. Memory per pixel: :func:`_bytes_per_pixel`. A forward that still runs
+    out of CUDA memory is retried with half the tile by the image runner."""
+    device = torch.device(device)
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_memory()
+    multiple = int(getattr(model, "spatial_multiple", 1))
+    if free_bytes is None:  # unknown: the default of the commands
+        return -(-512 // multiple) * multiple
+    side = int(math.sqrt(free_bytes / 2 / _bytes_per_pixel(model, device)))
+    side = min(max(side, MIN_TILE), MAX_AUTO_TILE)
+    return max(side // multiple, 1) * multiple
 
 
 def plan_tiles(model: nn.Module, tile: int | None, overlap: int | None = None) -> tuple[int | None, int, list[str]]:
@@ -146,6 +182,19 @@ def _forward(model: nn.Module, x: torch.Tensor, multiple: int, scale: int) -> to
     return model(_pad_to(x, multiple))[..., : h * scale, : w * scale]
 
 
+def _redo_tile(model: nn.Module, patch: torch.Tensor, multiple: int, scale: int, device) -> tuple[torch.Tensor, str]:
+    """A tile whose fp16 output was not finite, again in bf16 (same speed class, fp32's range) and, if still not
+    finite, in fp32: (output, precision used)."""
+    kind = torch.device(device).type
+    bf16 = kind == "cpu" or torch.cuda.is_bf16_supported()
+    for used in (("bf16",) if bf16 else ()) + ("fp32",):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=used == "bf16"):
+            res = _forward(model, patch, multiple, scale).float()
+        if torch.isfinite(res).all():
+            break
+    return res, used
+
+
 def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, overlap: int | None = None,
               precision: str = "fp32", device: torch.device | str | None = None,
               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -159,7 +208,8 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
             model's minimum when smaller (see :func:`plan_tiles`; a warning says so).
         overlap: input pixels shared by neighbouring tiles (0 ≤ overlap < tile); they are blended. None: the
             model's ``tile_overlap`` (default 16). Capped at half the tile, with a warning.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast); non-finite outputs raise NonFiniteOutputError.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast). A tile whose fp16 output is not finite is redone in
+            bf16, then fp32 (one warning per call); other non-finite outputs raise NonFiniteOutputError.
         device: where the model runs (default: the device of its parameters). Tiles move there one at a time.
         progress: called as ``progress(tiles done, tiles in all)`` after each tile (e.g. by the web page).
     Returns:
@@ -193,12 +243,19 @@ def run_tiled(model: nn.Module, image: torch.Tensor, tile: int | None = None, ov
     # the accumulator is allocated before the model runs: an output too large for memory fails at once, by name
     out = None if single else _output_buffer((batch, int(getattr(model, "out_chans", image.shape[1])),
                                               height * scale, width * scale))
-    done, total = 0, len(ys) * len(xs)
+    done, total, redone = 0, len(ys) * len(xs), 0
     with torch.inference_mode(), autocast(precision, device):
         for y, wy in zip(ys, wys):
             for x, wx in zip(xs, wxs):
                 patch = image[:, :, y:y + th, x:x + tw].to(device=device, dtype=torch.float32)
-                res = check_finite(_forward(model, patch, multiple, scale).float(), precision).cpu()
+                res = _forward(model, patch, multiple, scale).float()
+                if precision == "fp16" and not torch.isfinite(res).all():  # fp16's range overflowed: redo the tile
+                    res, used = _redo_tile(model, patch, multiple, scale, device)
+                    if not redone:
+                        warnings.warn(f"a tile came out NaN/inf in fp16; such tiles are redone in {used}",
+                                      stacklevel=2)
+                    redone += 1
+                res = check_finite(res, precision).cpu()
                 if res.shape[-2:] != (th * scale, tw * scale) or res.shape[0] != batch:
                     raise ValueError(f"model output {tuple(res.shape)} does not match its input "
                                      f"{tuple(patch.shape)} at scale {scale}")
