@@ -171,13 +171,13 @@ def process_image(model: nn.Module, image: ImageData, tile: int | None = None, o
         matte = _retrying(lambda t: _run_channels(model, matte, t, options), tile, matte.shape[-2:])[0]
     elif matte is not None and matte.shape[-2:] != out.shape[-2:]:
         matte = F.interpolate(matte[None], size=out.shape[-2:], mode="bicubic", align_corners=False)[0]
+    out, matte = out.clamp(0, 1), None if matte is None else matte.clamp(0, 1)
     if outscale is not None:
         size = tuple(max(1, round(n * outscale)) for n in image.pixels.shape[-2:])
-        if size != tuple(out.shape[-2:]):
-            out = lanczos_resize(out, size)
-            matte = None if matte is None else lanczos_resize(matte, size)
-    return ImageData(out.clamp(0, 1), None if matte is None else matte.clamp(0, 1), image.bit_depth,
-                     image.icc_profile, image.exif)
+        if size != tuple(out.shape[-2:]):  # Lanczos overshoots at edges: clamped again
+            out = lanczos_resize(out, size).clamp(0, 1)
+            matte = None if matte is None else lanczos_resize(matte, size).clamp(0, 1)
+    return ImageData(out, matte, image.bit_depth, image.icc_profile, image.exif)
 
 
 def _run_channels(model: nn.Module, pixels: torch.Tensor, tile: int | None, options: dict) -> torch.Tensor:
