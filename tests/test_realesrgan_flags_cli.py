@@ -121,8 +121,9 @@ def test_out_of_memory_halves_the_tile_and_retries():
     image = ImageData(torch.rand(3, 80, 64))
     with pytest.warns(UserWarning) as caught:
         out = process_image(model, image)  # whole image (80) → 40 → 20
-    assert [str(w.message) for w in caught if "out of memory" in str(w.message)] == ["out of memory with whole images; retrying with tile 40",
-                                                "out of memory with tile 40; retrying with tile 20"]
+    retries = [str(w.message) for w in caught if "out of memory" in str(w.message)]
+    assert retries == ["out of memory with whole images; retrying with tile 40",
+                       "out of memory with tile 40; retrying with tile 20"]
     torch.testing.assert_close(out.pixels, image.pixels.flip(0))  # blended tiles of a pointwise model
     with pytest.raises(torch.OutOfMemoryError), pytest.warns(UserWarning):
         process_image(_OutOfMemoryAbove(side=4), image, tile=32)  # below the smallest tile: the error stands

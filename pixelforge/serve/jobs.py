@@ -126,7 +126,6 @@ def run_upscale(job: Job, req: UpscaleRequest, out_dir: Path, register: Register
     """Load the model as ``pixelforge upscale`` does (``load_runner``), then process each input: a bad file is
     reported on its own item, the others are still processed. Results are PNG files as the command writes them."""
     from ..data.image_io import ImageIOError, read_image, write_image
-    from ..data.resize import imresize
     from ..infer.precision import resolve_device
     from ..infer.runner import RunnerError, load_runner, model_name, one_line, process_image
 
@@ -134,7 +133,7 @@ def run_upscale(job: Job, req: UpscaleRequest, out_dir: Path, register: Register
     try:
         if req.tile < 0 or (req.tile_overlap is not None and not 0 <= req.tile_overlap < max(req.tile, 1)):
             raise RunnerError(f"need tile >= 0 and overlap in [0, tile), got tile {req.tile} and overlap "
-                               f"{req.tile_overlap}")
+                              f"{req.tile_overlap}")
         device = resolve_device(req.device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -145,7 +144,6 @@ def run_upscale(job: Job, req: UpscaleRequest, out_dir: Path, register: Register
     except (RunnerError, ValueError) as exc:
         job.update(state="failed", message=one_line(exc))
         return
-    scale = int(getattr(model, "upscale", 1))
     name = model_name(model, req.model)
     job.update(message=f"{name}, precision {choice.precision} ({choice.reason})")
     done, taken = [], set()
@@ -160,13 +158,12 @@ def run_upscale(job: Job, req: UpscaleRequest, out_dir: Path, register: Register
                 job.update(progress={"image": index + 1, "images": len(req.inputs), "name": shown,
                                      "tile": tile_done, "tiles": tiles})
 
-            result = process_image(model, image, tile, req.tile_overlap, choice.precision, device, progress)
-            pixels, alpha = result.pixels, result.alpha
-            if req.outscale and abs(req.outscale / scale - 1) > 1e-9:  # resize the model's output (MATLAB bicubic)
-                pixels = imresize(pixels, req.outscale / scale).clamp(0, 1)
-                alpha = None if alpha is None else imresize(alpha, req.outscale / scale).clamp(0, 1)
+            result = process_image(model, image, tile, req.tile_overlap, choice.precision, device, progress,
+                                   outscale=req.outscale)  # as `pixelforge upscale --outscale` (Lanczos)
+            pixels = result.pixels
             download = _unique(f"{Path(shown).stem}-{name}.png", taken)
-            after = write_image(out_dir / f"{path.stem}-after.png", pixels, alpha, result.bit_depth)
+            after = write_image(out_dir / f"{path.stem}-after.png", pixels, result.alpha, result.bit_depth,
+                                icc_profile=result.icc_profile, exif=result.exif)
         except ImageIOError as exc:  # the message names the uploaded file, not the server's copy
             job.add("items", {"name": shown, "error": f"{shown}: {exc.problem}"})
             continue
