@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import signal
-import sys
 import threading
 
 __all__ = ["COMMANDS", "build_parser", "command_parser", "main"]
@@ -72,7 +71,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

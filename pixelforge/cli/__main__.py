@@ -1,4 +1,4 @@
-"""``python -m pixelforge.cli`` (what ``accelerate launch -m pixelforge.cli train CONFIG`` runs)."""
+"""``python -m pixelforge.cli COMMAND ...`` (e.g. under ``accelerate launch -m pixelforge.cli train CONFIG``)."""
 import sys
 
 from . import main
