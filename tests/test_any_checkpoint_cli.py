@@ -33,6 +33,17 @@ def test_official_cfsr_with_and_without_model_gives_identical_outputs(tmp_path, 
     assert torch.equal(named, found)
 
 
+@pytest.mark.skipif(not CFSR_X4.is_file(), reason="parity fixtures not present")
+def test_converted_file_names_its_model(tmp_path, capsys):
+    assert main(["convert", "cfsr_x4", str(CFSR_X4), "-o", str(tmp_path / "conv.safetensors")]) == 0
+    assert identify_checkpoint(tmp_path / "conv.safetensors")[0::2] == ("cfsr_x4", "pixelforge_model metadata")
+    src = _photo(tmp_path / "in.png")
+    for name, weights in (("official.png", CFSR_X4), ("converted.png", tmp_path / "conv.safetensors")):
+        assert main(["upscale", str(src), "-o", str(tmp_path / name), "--weights", str(weights), "--device", "cpu",
+                     "--precision", "fp32", "--tile", "0"]) == 0
+    assert torch.equal(read_image(tmp_path / "official.png").pixels, read_image(tmp_path / "converted.png").pixels)
+
+
 def test_pixelforge_files_name_their_model(tmp_path):
     tiny_weights(tmp_path / "trained.safetensors", name="cfsr_x2")
     assert identify_checkpoint(tmp_path / "trained.safetensors")[0::2] == ("cfsr_x2", "training config")

@@ -34,7 +34,7 @@ class GenerateOptions:
     classes: list[int] | None = None
     n: int = 1
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     precision: str = "auto"
     batch_size: int = 16
     vae_model: str | None = None

@@ -1,4 +1,5 @@
-"""Inference: the tiled image-to-image runner, precision/device handling, and the image-to-image and eval commands."""
+"""Inference library: the tiled runner, precision/device handling, the image-to-image runner (any checkpoint) and SR
+evaluation. The commands that call it are in :mod:`pixelforge.cli`."""
 from .precision import PRECISIONS, NonFiniteOutputError, autocast, resolve_device
 from .tiling import run_tiled, tile_starts
 
