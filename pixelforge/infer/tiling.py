@@ -73,7 +73,8 @@ def _output_buffer(shape: tuple[int, ...]) -> torch.Tensor:
 
 def _bytes_per_pixel(model: nn.Module, device: torch.device) -> float:
     """Memory one input pixel costs in a forward: measured on CUDA (peak allocation of a 64x64 probe, batch 1),
-    estimated on the CPU as 16 live float32 maps of the model's widest layer (no peak counter there)."""
+    estimated on the CPU as 16 live float32 maps of the model's widest layer, inputs included (the largest of the
+    first two sides of its 2-D and 4-D weights, parameters or buffers: no peak counter there)."""
     if device.type == "cuda":
         multiple = int(getattr(model, "spatial_multiple", 1))
         side = -(-64 // multiple) * multiple
@@ -85,8 +86,7 @@ def _bytes_per_pixel(model: nn.Module, device: torch.device) -> float:
             _forward(model, probe, multiple, int(getattr(model, "upscale", 1)))
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / side ** 2
-    widest = max((m.out_features if isinstance(m, nn.Linear) else m.out_channels for m in model.modules()
-                  if isinstance(m, (nn.Linear, nn.Conv2d))), default=64)
+    widest = max((max(t.shape[:2]) for t in model.state_dict().values() if t.ndim in (2, 4)), default=64)
     return 4.0 * 16 * widest
 
 
