@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["ModelEma", "is_sharded"]
+__all__ = ["ModelEma", "is_sharded", "free_gathered_params"]
 
 
 def is_sharded(accelerator) -> bool:
@@ -56,17 +56,21 @@ class ModelEma:
         if not self.sharded:
             yield self.ema.module
             return
-        live = list(self.target.shards)
-        kept = [p.detach().clone() for p in live]
+        # the shard tensors themselves: after a forward FSDP 1 may leave the root's parameters pointing at the
+        # gathered (unsharded) storage, so the restore goes to the tensors the swap wrote into
+        free_gathered_params(self.model)
+        shards = [p.data for p in self.target.shards]
+        kept = [s.clone() for s in shards]
         with torch.no_grad():
-            for p, e in zip(live, self.ema.module.shards):
-                p.copy_(e)
+            for s, e in zip(shards, self.ema.module.shards):
+                s.copy_(e)
         try:
             yield self.model
         finally:
+            free_gathered_params(self.model)
             with torch.no_grad():
-                for p, k in zip(live, kept):
-                    p.copy_(k)
+                for s, k in zip(shards, kept):
+                    s.copy_(k)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The full EMA weights in the plain model's key layout (every process calls it; under FSDP only the main
@@ -77,9 +81,33 @@ class ModelEma:
             return self.accelerator.get_state_dict(model)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint stores: the EMA copy (sharded: this process's shards)."""
-        return self.ema.state_dict()
+        """What a checkpoint stores: the EMA copy (sharded: this process's local shards)."""
+        return {k: _local(v) for k, v in self.ema.state_dict().items()}
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.ema.load_state_dict(state)
+        """Restore :meth:`state_dict`'s tensors (the same keys and shapes)."""
+        own = self.ema.state_dict()
+        if own.keys() != state.keys():
+            raise ValueError(f"EMA state has keys {sorted(state)[:3]}..., expected {sorted(own)[:3]}...")
+        for k, v in own.items():
+            _local(v).copy_(state[k])
+
+
+def free_gathered_params(model: nn.Module) -> None:
+    """FSDP 1 keeps the root's gathered parameters after a forward without backward (and after loading a state
+    dict) and reuses them at the next forward: free them, so that the next forward gathers the current shards.
+    Nothing to do for other models."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp._runtime_utils import _reshard as reshard_handle
+
+    if isinstance(model, FullyShardedDataParallel):
+        for state in FullyShardedDataParallel.fsdp_modules(model):
+            if state._handle is not None:
+                reshard_handle(state, state._handle, True)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor (FSDP 2 parameters are DTensors)."""
+    return t.to_local() if hasattr(t, "to_local") else t
 

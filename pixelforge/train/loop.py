@@ -234,6 +234,23 @@ def _flat(cfg: dict, prefix: str = "") -> dict:
     return out
 
 
+def _fsdp_on_cpu(accelerator) -> None:
+    """accelerate turns ``accelerate launch --use_fsdp`` into FSDP only on accelerator devices; CPU processes
+    (gloo) would silently train under DDP. Switch its state to FSDP there too (the plugin reads the launcher's
+    ``FSDP_*`` settings; FSDP wants the plain ``cpu`` device)."""
+    import os
+
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or \
+            accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+        shared.update(distributed_type=DistributedType.FSDP, device=torch.device("cpu"))
+    AcceleratorState._shared_state["fsdp_plugin"] = FullyShardedDataParallelPlugin()
+
+
 def _accelerator(tcfg, precision: str, cpu: bool, out: Path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -244,10 +261,12 @@ def _accelerator(tcfg, precision: str, cpu: bool, out: Path):
     dynamo = None
     if tcfg.compile:
         dynamo = TorchDynamoPlugin(backend="inductor" if tcfg.compile is True else str(tcfg.compile))
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu,
-                       gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
-                       log_with=None if tcfg.log_with == "none" else tcfg.log_with, project_dir=str(out),
-                       dynamo_plugin=dynamo)
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu,
+                              gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
+                              log_with=None if tcfg.log_with == "none" else tcfg.log_with, project_dir=str(out),
+                              dynamo_plugin=dynamo)
+    _fsdp_on_cpu(accelerator)
+    return accelerator
 
 
 def train(cfg: dict | RunConfig) -> Path:
@@ -263,7 +282,7 @@ def train(cfg: dict | RunConfig) -> Path:
     from accelerate.utils import broadcast_object_list, send_to_device, set_seed
     from timm.optim import create_optimizer_v2
 
-    from .ema import ModelEma, is_sharded
+    from .ema import ModelEma, free_gathered_params, is_sharded
 
     cfg = parse_config(cfg)
     task = resolve_task(cfg.recipe)(cfg)
@@ -346,6 +365,7 @@ def train(cfg: dict | RunConfig) -> Path:
         if val_loader is None:
             return {}
         metrics = {}
+        free_gathered_params(model)  # FSDP 1: evaluate the current shards, not the last gathered copy
         with ema.applied() if ema is not None else nullcontext(model) as net, torch.inference_mode(), \
                 accelerator.autocast():
             was_training = net.training

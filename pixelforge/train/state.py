@@ -4,11 +4,12 @@ A checkpoint is a folder (``checkpoints/last``; ``tmp`` while it is written, ``o
 
 - ``model.safetensors`` (full weights, gathered under FSDP) and, with EMA, ``ema.safetensors`` (under FSDP
   ``ema_{rank}.safetensors``: each process's EMA shards; resuming needs the same number of processes);
-- ``optimizer.pt`` and ``state.pt`` (scheduler, loop counter, gradient scaler): tensors and plain data, read with
-  ``torch.load(weights_only=True)`` through :func:`pixelforge.zoo.read_checkpoint`, which refuses anything else;
+- ``optimizer.pt`` (full; under FSDP 1 ``optimizer_{rank}.pt``, each process's shard state) and ``state.pt``
+  (scheduler, loop counter, gradient scaler): tensors and plain data, read with ``torch.load(weights_only=True)``
+  through :func:`pixelforge.zoo.read_checkpoint`, which refuses anything else;
 - ``rng_{rank}.safetensors``: every process's Python, NumPy, torch (and CUDA) RNG states, stored as tensors;
-- ``complete.json``: written last (the step, the number of processes, and for ``best`` the metric), once every other file of every process is on disk; a folder without it is
-  incomplete and never loaded.
+- ``complete.json``: written last (the step, the number of processes, for ``best`` the metric), once every other
+  file of every process is on disk; a folder without it is incomplete and never loaded.
 
 accelerate's own ``save_state`` writes pickles (``*.pkl``) that its ``load_state`` unpickles in full, so a replaced
 file could run code on resume; those files are neither written nor read here.
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..data.image_io import atomic_open
 from ..zoo import CheckpointError, read_checkpoint, save_weights
+from .ema import free_gathered_params, is_sharded
 
 __all__ = [
     "COMPLETE",
@@ -77,11 +79,10 @@ def _write(path: Path, obj) -> None:
         f.write(buffer.getvalue())
 
 
-def _fsdp(model: nn.Module):
-    """The FSDP (version 1) class when ``model`` is wrapped by it, else None."""
+def _fsdp1():
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    return FullyShardedDataParallel if isinstance(model, FullyShardedDataParallel) else None
+    return FullyShardedDataParallel
 
 
 def save_training_state(folder: Path, accelerator, model: nn.Module, optimizer, ema, plain: dict, step: int,
@@ -100,13 +101,23 @@ def save_training_state(folder: Path, accelerator, model: nn.Module, optimizer, 
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     weights = accelerator.get_state_dict(model)  # collective under FSDP
-    fsdp = _fsdp(model)
-    optim_state = fsdp.optim_state_dict(model, optimizer.optimizer) if fsdp else optimizer.state_dict()
+    fsdp1 = isinstance(model, _fsdp1())
+    if fsdp1:  # each process's own shard state: gathering it (FSDP's or DCP's) gave Adam's exp_avg = exp_avg_sq
+        optim_state = None   # here (torch 2.14, gloo), so it is not gathered
+        _write(folder / f"optimizer_{accelerator.process_index}.pt", optimizer.state_dict())
+    elif is_sharded(accelerator):  # the full optimiser state, keyed by parameter names
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optim_state = get_optimizer_state_dict(model, optimizer.optimizer,
+                                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        optim_state = optimizer.state_dict()
     if accelerator.is_main_process:
         save_weights(weights, folder / "model.safetensors")
         if ema is not None and not ema.sharded:
             save_weights(ema.state_dict(), folder / "ema.safetensors")
-        _write(folder / "optimizer.pt", optim_state)
+        if optim_state is not None:
+            _write(folder / "optimizer.pt", optim_state)
         _write(folder / "state.pt", {name: obj.state_dict() for name, obj in plain.items()})
     if ema is not None and ema.sharded:
         save_weights(ema.state_dict(), folder / f"ema_{accelerator.process_index}.safetensors")
@@ -125,20 +136,30 @@ def load_training_state(folder: Path, accelerator, model: nn.Module, optimizer, 
     """
     folder = Path(folder)
     weights = read_checkpoint(folder / "model.safetensors")
-    optim_state = read_checkpoint(folder / "optimizer.pt")
-    fsdp = _fsdp(model)
-    if fsdp:
+    own = folder / f"optimizer_{accelerator.process_index}.pt"
+    optim_state = read_checkpoint(own if own.is_file() else folder / "optimizer.pt")
+    if is_sharded(accelerator):  # every process reads the full state and keeps its shards (FSDP 1 and 2)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
-        with fsdp.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
-            model.load_state_dict(weights)
-            optim_state = fsdp.optim_state_dict_to_load(model, optimizer.optimizer, optim_state)
+        options = StateDictOptions(full_state_dict=True)
+        fsdp1 = _fsdp1()
+        if isinstance(model, fsdp1):  # FSDP 1: its own loaders, as for saving
+            with fsdp1.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
+                model.load_state_dict(weights)
+            optimizer.load_state_dict(optim_state)
+        else:
+            set_model_state_dict(model, weights, options=options)
+            set_optimizer_state_dict(model, optimizer.optimizer, optim_state, options=options)
+        free_gathered_params(model)
     else:
         accelerator.unwrap_model(model).load_state_dict(weights)
+        optimizer.load_state_dict(optim_state)
     if ema is not None:
         name = f"ema_{accelerator.process_index}.safetensors" if ema.sharded else "ema.safetensors"
         ema.load_state_dict(read_checkpoint(folder / name))
-    optimizer.load_state_dict(optim_state)
     states = read_checkpoint(folder / "state.pt")
     for name, obj in plain.items():
         obj.load_state_dict(states[name])
