@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["ModelEma", "is_sharded", "free_gathered_params"]
+__all__ = ["ModelEma", "free_gathered_params", "is_sharded"]
 
 
 def is_sharded(accelerator) -> bool:

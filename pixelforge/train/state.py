@@ -106,7 +106,10 @@ def save_training_state(folder: Path, accelerator, model: nn.Module, optimizer, 
         optim_state = None   # here (torch 2.14, gloo), so it is not gathered
         _write(folder / f"optimizer_{accelerator.process_index}.pt", optimizer.state_dict())
     elif is_sharded(accelerator):  # the full optimiser state, keyed by parameter names
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
 
         optim_state = get_optimizer_state_dict(model, optimizer.optimizer,
                                                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -139,9 +142,11 @@ def load_training_state(folder: Path, accelerator, model: nn.Module, optimizer, 
     own = folder / f"optimizer_{accelerator.process_index}.pt"
     optim_state = read_checkpoint(own if own.is_file() else folder / "optimizer.pt")
     if is_sharded(accelerator):  # every process reads the full state and keeps its shards (FSDP 1 and 2)
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
-
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
         options = StateDictOptions(full_state_dict=True)
