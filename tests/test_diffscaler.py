@@ -367,3 +367,39 @@ def test_generate_images_from_a_registered_name_with_task_files(tmp_path):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(images, again))
     with pytest.raises(ValueError, match="unknown task 'ships'"):
         generate_images("dit_micro_2", **{**kw, "task": "ships"})
+
+
+def test_apply_diffscaler_leaves_the_task_parameters_trainable():
+    """Like peft's get_peft_model: after wrapping, the base is frozen and the adapters train (all tasks, or the ids
+    in trainable_tasks)."""
+    def build(**kwargs):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+        return apply_diffscaler(net, num_tasks=3, rank=2, targets=["*"], exclude=[], **kwargs)
+
+    def trainable(net):
+        return {n for n, p in net.named_parameters() if p.requires_grad}
+
+    net = build()
+    names = trainable(net)
+    assert names and all(".tasks." in n for n in names)
+    assert {n.split(".tasks.")[1].split(".")[0] for n in names} == {"0", "1", "2"}
+    assert all(not p.requires_grad for n, p in net.named_parameters() if ".tasks." not in n)
+    only = trainable(build(trainable_tasks=[1]))
+    assert only and {n.split(".tasks.")[1].split(".")[0] for n in only} == {"1"}
+    assert trainable(build(trainable_tasks=[])) == set()
+    # one optimiser step on task 1 changes its outputs only
+    net = build(trainable_tasks=[1])
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        before = {t: _net_out(net, x, t) for t in (0, 1)}
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+    _net_out(net, x, 1).square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        assert torch.equal(_net_out(net, x, 0), before[0]) and not torch.allclose(_net_out(net, x, 1), before[1])
+
+
+def _net_out(net, x, task):
+    with route_tasks(net, torch.full((x.shape[0],), task)):
+        return net(x)

@@ -18,7 +18,7 @@ import contextlib
 import math
 import fnmatch
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["AffinerConfig", "Affiner", "AffinerLinear", "AffinerConv2d", "TaskLabelEmbedder", "BranchedLinear",
-           "BranchedConv2d", "TaskRouting", "apply_adapters", "apply_diffscaler", "route_tasks", "set_task_routing",
-           "task_modules", "num_tasks", "add_task", "task_state_dict", "load_task_state_dict", "merge_task",
+           "BranchedConv2d", "TaskRouting", "apply_adapters", "apply_diffscaler", "set_trainable_tasks", "route_tasks",
+           "set_task_routing", "task_modules", "num_tasks", "add_task", "task_state_dict", "load_task_state_dict", "merge_task",
            "rule_for", "build_merged_branches"]
 
 
@@ -397,12 +397,31 @@ DEFAULT_EXCLUDE = ("*embedder*",)
 
 
 def apply_diffscaler(model: nn.Module, num_tasks: int, rank: int = 8, targets: Sequence[str] = DEFAULT_TARGETS,
-                     exclude: Sequence[str] = DEFAULT_EXCLUDE, **options) -> nn.Module:
+                     exclude: Sequence[str] = DEFAULT_EXCLUDE, trainable_tasks: Sequence[int] | str = "all",
+                     **options) -> nn.Module:
     """DiffScaler's Affiner on every Linear/Conv2d under ``targets`` (DiT default: all block linears — qkv, proj,
-    fc1, fc2, adaLN — and the final layer's), freezing the base. ``options``: other :class:`AffinerConfig` fields.
-    For a DiT prefer :meth:`DiT.apply_adapter`, which also keeps its config and class tables in sync."""
+    fc1, fc2, adaLN — and the final layer's), in place. The base is frozen and the task parameters are left
+    trainable, ready for an optimiser (as peft's ``get_peft_model`` leaves its adapters): all tasks by default, or
+    the task ids in ``trainable_tasks`` (``[]``: nothing trainable; see :func:`set_trainable_tasks`).
+    ``options``: other :class:`AffinerConfig` fields. For a DiT prefer :meth:`DiT.apply_adapter`, which also keeps
+    its config and class tables in sync."""
     rule = {"targets": list(targets), "exclude": list(exclude), "rank": rank, **options}
-    return apply_adapters(model, [rule], num_tasks)
+    apply_adapters(model, [rule], num_tasks)
+    set_trainable_tasks(model, range(num_tasks) if trainable_tasks == "all" else trainable_tasks)
+    return model
+
+
+def set_trainable_tasks(model: nn.Module, tasks: Iterable[int] | None, base: bool = False) -> None:
+    """Make exactly the parameters of the task ids ``tasks`` trainable (None or empty: no task), and the base
+    parameters too when ``base`` (full fine-tuning); base class tables of task label embedders stay frozen."""
+    ids = set(tasks or ())
+    for p in model.parameters():
+        p.requires_grad_(base)
+    for _, m in task_modules(model):
+        for i, task in enumerate(m.tasks):
+            task.requires_grad_(i in ids)
+        if isinstance(m, TaskLabelEmbedder):
+            m.embedding_table.weight.requires_grad_(False)
 
 
 def task_modules(model: nn.Module) -> list[tuple[str, _TaskModule]]:

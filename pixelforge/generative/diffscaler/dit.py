@@ -425,16 +425,8 @@ class DiT(ModelMixin, ConfigMixin):
         """Make exactly the parameters of ``tasks`` trainable (None: none); with method ``full`` also every base
         weight."""
         ids = [] if tasks is None else [self.task_index(t) for t in (tasks if isinstance(tasks, list) else [tasks])]
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if self.config.adapter and self.config.adapter.get("method") == "full" and ids:
-            for p in self.parameters():
-                p.requires_grad_(True)
-        for _, m in aff.task_modules(self):
-            for i, task in enumerate(m.tasks):
-                task.requires_grad_(i in ids)
-            if isinstance(m, aff.TaskLabelEmbedder):
-                m.embedding_table.weight.requires_grad_(False)
+        full = bool(self.config.adapter and self.config.adapter.get("method") == "full")
+        aff.set_trainable_tasks(self, ids, base=full and bool(ids))
 
     def task_state_dict(self, task: int | str) -> dict[str, torch.Tensor]:
         """One task's parameters (Affiners + class table), keyed by module and parameter name."""
