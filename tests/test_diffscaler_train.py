@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pixelforge.data.image_io import read_image
 from pixelforge.data.image_specs import build_image_dataset
 from pixelforge.generative.diffscaler import DiT
 from pixelforge.generative.diffscaler.loss import diffusion_loss
@@ -91,6 +92,7 @@ def test_pretrain_then_adapt_only_task_parameters_change(image_dirs, tmp_path):
                  "data": {"train": {"dir": tree, "classes": ["a", "b"]}, "val": {"dir": tree, "classes": ["a", "b"]}}})
     metrics = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert any("eval" in m and "val_loss" in m["eval"] for m in metrics)
+    assert read_image(pre / "samples" / "step_00000003.png").pixels.shape[1:] == (8 + 4, 8 * 8 + 18)  # 1 x 8 grid
     base = DiT.from_pretrained(pre / "pipeline" / "transformer", local_files_only=True)
     assert base.config.num_classes == 2
 
@@ -102,6 +104,7 @@ def test_pretrain_then_adapt_only_task_parameters_change(image_dirs, tmp_path):
     evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "eval" in line]
     assert {"val_loss", "val_loss/newcls", "val_loss/crops"} <= set(evals[-1])
+    assert read_image(out / "samples" / "step_00000003.png").pixels.shape[1] == 2 * 8 + 6  # a row per task
     pipe = load_pipeline(out / "pipeline")
     adapted = pipe.transformer
     assert [t["name"] for t in adapted.config.tasks] == ["newcls", "crops"]

@@ -40,8 +40,20 @@ class DiffusionDataConfig:
 
 
 @dataclass(kw_only=True)
+class SamplesConfig:
+    """``samples:``: the grid written to ``output_dir/samples/step_XXXXXXXX.png`` at each validation (a row per
+    task for diffscaler; classes cycled within a row; ``per_row: 0`` = none)."""
+    per_row: int = 8
+    steps: int = 20
+    scheduler: Literal["ddim", "ddpm", "dpm++"] = "ddim"
+    guidance: float = 1.0                    # classifier-free guidance weight (1 = off)
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
 class _DiffusionConfig(RunConfig):
     data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
     diffusion: dict[str, Any] = field(default_factory=dict)  # DDPMScheduler config entries (timesteps, betas)
     vae: str | None = None                   # a diffusers AutoencoderKL folder: train in its latent space
 
@@ -163,6 +175,28 @@ class _DiffusionTask(TrainTask):
             if task >= 0:
                 out[f"val_loss/{self.task_names[task]}"] = float(values["val_loss"][values["task"] == task].mean())
         return out
+
+    def sample(self, model: nn.Module, folder: Path, step: int) -> Path | None:
+        """A grid of ``samples.per_row`` images per task (the base model for dit), classes cycled."""
+        from ..data.grid import make_grid
+        from ..data.image_io import write_image
+        from ..generative.diffscaler.pipeline import DiffScalerPipeline, make_scheduler
+
+        s = self.cfg.samples
+        if s.per_row <= 0:
+            return None
+        pipe = DiffScalerPipeline(model, make_scheduler(s.scheduler, dict(self.noise_scheduler.config)), vae=self.vae)
+        pipe.set_progress_bar_config(disable=True)
+        rows = []
+        tasks = model.config.tasks or [] if self.task_names else []
+        for task, spec in [(None, {"num_classes": model.config.num_classes})] if not tasks else enumerate(tasks):
+            n = int(spec["num_classes"])
+            labels = [i % n for i in range(s.per_row)] if n else None
+            rows.append(pipe(class_labels=labels, task=task, batch_size=s.per_row, guidance_scale=s.guidance,
+                             num_inference_steps=s.steps, generator=torch.Generator().manual_seed(s.seed),
+                             output_type="pt").images.float().cpu())
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_image(folder / f"step_{step:08d}.png", make_grid(torch.cat(rows), nrow=s.per_row))
 
     def _save_pipeline(self, model, folder: Path) -> None:
         from ..generative.diffscaler.pipeline import DiffScalerPipeline, make_scheduler
