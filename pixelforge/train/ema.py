@@ -12,14 +12,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .distributed import free_gathered_params, full_state_dict, is_sharded, unwrapped
+
 __all__ = ["ModelEma", "free_gathered_params", "is_sharded"]
-
-
-def is_sharded(accelerator) -> bool:
-    """Whether the prepared model's parameters are sharded over processes (FSDP)."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.FSDP
 
 
 class _Shards(nn.Module):
@@ -42,7 +37,7 @@ class ModelEma:
         from timm.utils import ModelEmaV3
 
         self.accelerator, self.model, self.sharded = accelerator, model, is_sharded(accelerator)
-        self.target = _Shards(model) if self.sharded else accelerator.unwrap_model(model)
+        self.target = _Shards(model) if self.sharded else unwrapped(accelerator, model)
         self.ema = ModelEmaV3(self.target, decay=decay, use_warmup=warmup)
 
     def update(self, step: int) -> None:
@@ -78,7 +73,7 @@ class ModelEma:
         if not self.sharded:
             return self.ema.module.state_dict()
         with self.applied() as model:
-            return self.accelerator.get_state_dict(model)
+            return full_state_dict(self.accelerator, model)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: the EMA copy (sharded: this process's local shards)."""
@@ -92,19 +87,6 @@ class ModelEma:
             raise ValueError(f"EMA state has keys {sorted(state)[:3]}..., expected {sorted(own)[:3]}...")
         for k, v in own.items():
             _local(v).copy_(state[k])
-
-
-def free_gathered_params(model: nn.Module) -> None:
-    """FSDP 1 keeps the root's gathered parameters after a forward without backward (and after loading a state
-    dict) and reuses them at the next forward: free them, so that the next forward gathers the current shards.
-    Nothing to do for other models."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.fsdp._runtime_utils import _reshard as reshard_handle
-
-    if isinstance(model, FullyShardedDataParallel):
-        for state in FullyShardedDataParallel.fsdp_modules(model):
-            if state._handle is not None:
-                reshard_handle(state, state._handle, True)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

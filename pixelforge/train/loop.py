@@ -282,7 +282,13 @@ def train(cfg: dict | RunConfig) -> Path:
     from accelerate.utils import broadcast_object_list, send_to_device, set_seed
     from timm.optim import create_optimizer_v2
 
-    from .ema import ModelEma, free_gathered_params, is_sharded
+    from .distributed import (
+        free_gathered_params,
+        full_state_dict,
+        is_sharded,
+        unwrapped,
+    )
+    from .ema import ModelEma
 
     cfg = parse_config(cfg)
     task = resolve_task(cfg.recipe)(cfg)
@@ -377,9 +383,9 @@ def train(cfg: dict | RunConfig) -> Path:
                         values.setdefault(k, []).append(v.detach().float().cpu())
                 metrics = task.summarize({k: torch.cat(v) for k, v in values.items()})
             elif main:
-                metrics = task.evaluate(accelerator.unwrap_model(net), val_loader)
+                metrics = task.evaluate(unwrapped(accelerator, net), val_loader)
             if main:
-                task.sample(accelerator.unwrap_model(net), out / "samples", counter.step)
+                task.sample(unwrapped(accelerator, net), out / "samples", counter.step)
             net.train(was_training)
         metrics = broadcast_object_list([metrics])[0]
         counter.evals += 1
@@ -467,9 +473,9 @@ def train(cfg: dict | RunConfig) -> Path:
                 break
 
     # every process takes part (FSDP gathers the shards); the main process exports a plain module
-    state = ema.full_state_dict() if ema is not None else accelerator.get_state_dict(model)
+    state = ema.full_state_dict() if ema is not None else full_state_dict(accelerator, model)
     if main:
-        net = plain_copy if plain_copy is not None else accelerator.unwrap_model(model)
+        net = plain_copy if plain_copy is not None else unwrapped(accelerator, model)
         net.load_state_dict(state)
         meta = {"recipe": cfg.recipe, "model": model_name, "step": str(counter.step), "ema": str(ema is not None),
                 "config": json.dumps(cfg_dict), "precision": json.dumps(precision.as_dict())}

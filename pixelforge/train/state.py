@@ -29,7 +29,7 @@ from torch import nn
 
 from ..data.image_io import atomic_open
 from ..zoo import CheckpointError, read_checkpoint, save_weights
-from .ema import free_gathered_params, is_sharded
+from .distributed import free_gathered_params, full_state_dict, is_sharded, unwrapped
 
 __all__ = [
     "COMPLETE",
@@ -100,7 +100,7 @@ def save_training_state(folder: Path, accelerator, model: nn.Module, optimizer, 
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    weights = accelerator.get_state_dict(model)  # collective under FSDP
+    weights = full_state_dict(accelerator, model)  # collective under FSDP
     fsdp1 = isinstance(model, _fsdp1())
     if fsdp1:  # each process's own shard state: gathering it (FSDP's or DCP's) gave Adam's exp_avg = exp_avg_sq
         optim_state = None   # here (torch 2.14, gloo), so it is not gathered
@@ -160,7 +160,7 @@ def load_training_state(folder: Path, accelerator, model: nn.Module, optimizer, 
             set_optimizer_state_dict(model, optimizer.optimizer, optim_state, options=options)
         free_gathered_params(model)
     else:
-        accelerator.unwrap_model(model).load_state_dict(weights)
+        unwrapped(accelerator, model).load_state_dict(weights)
         optimizer.load_state_dict(optim_state)
     if ema is not None:
         name = f"ema_{accelerator.process_index}.safetensors" if ema.sharded else "ema.safetensors"
