@@ -102,3 +102,21 @@ def test_channels_last_gradient_checkpointing_and_compile_train_the_same(hr_fold
     assert a.keys() == b.keys()  # the plain model's keys, not the compiled wrapper's
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
+
+
+def test_plateau_schedule_steps_on_the_validation_metric(hr_folder, tmp_path):
+    """plateau: timm's PlateauLRScheduler, stepped by the loop at each validation with the main metric; the lr
+    drops after `patience` validations without improvement."""
+    sched = {"name": "plateau", "patience": 1, "decay_rate": 0.5, "min_lr": 0.0}
+    cfg = parse_config({"recipe": "sr", "model": {"name": "x"}, "data": {"scale": 2, "train_roots": []},
+                        "scheduler": sched})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(opt, cfg.scheduler, total_steps=10, mode="max")
+    lrs = []
+    for evals, metric in enumerate([30.0, 30.0, 30.0, 31.0, 31.0, 31.0], start=1):
+        scheduler.step(evals, metric)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+    run = train({**_config(tmp_path / "run", hr_folder, total_steps=3, eval_every=1, curves=False),
+                 "scheduler": sched})
+    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if "eval" in line]) == 3
