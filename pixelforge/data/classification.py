@@ -16,13 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..zoo import pixelforge_home
 from .image_io import IMAGE_SUFFIXES, quantize, read_image
 
-__all__ = ["ImageFolderDataset", "folder_classes", "read_archive_split", "resolve_data_config", "unpack_archive"]
+__all__ = ["ImageFolderDataset", "ImageSubset", "balanced_indices", "folder_classes", "pil_to_float", "read_archive_split",
+           "resolve_data_config", "unpack_archive"]
 
 
 def folder_classes(root: str | os.PathLike) -> list[str]:
@@ -83,6 +85,40 @@ class ImageFolderDataset(Dataset):
         arr = self._pixels[index] if self._pixels is not None else self._decode(self.samples[index][0])
         img = Image.fromarray(arr)
         return (self.transform(img) if self.transform is not None else img), self.targets[index]
+
+
+def pil_to_float(img) -> torch.Tensor:
+    """8-bit RGB PIL image → (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+class ImageSubset(Dataset):
+    """(image, label) of ``base`` (images as (3, H, W) tensors) at ``indices``, optionally flipped horizontally at
+    random (torch RNG)."""
+
+    def __init__(self, base: Dataset, hflip: bool = False, indices: list[int] | None = None):
+        self.base, self.hflip = base, hflip
+        self.indices = list(range(len(base))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[self.indices[i]]
+        if self.hflip and torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        return img, label
+
+
+def balanced_indices(labels: list[int], limit: int | None) -> list[int]:
+    """The first ``limit`` indices taken round-robin over classes (a class-balanced validation subset)."""
+    if not limit or limit >= len(labels):
+        return list(range(len(labels)))
+    by_class: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        by_class.setdefault(c, []).append(i)
+    order = [idx for group in zip(*by_class.values()) for idx in group]
+    return sorted(order[:limit])
 
 
 def resolve_data_config(model_name: str, model_args: dict | None = None, img_size: int | None = None,

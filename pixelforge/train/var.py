@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.classification import ImageFolderDataset, unpack_archive
+from ..data.classification import (
+    ImageFolderDataset,
+    ImageSubset,
+    balanced_indices,
+    pil_to_float,
+    unpack_archive,
+)
 from ..zoo import create_model
 from .config import ModelConfig, RunConfig
 from .loop import TaskParts, TrainTask
@@ -99,49 +105,14 @@ class VARConfig(RunConfig):
     eval: VAREvalConfig = field(default_factory=VAREvalConfig)
 
 
-def _to_tensor(img) -> torch.Tensor:
-    """8-bit RGB PIL image → (3, H, W) float32 in [0, 1]."""
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
-class _Images(Dataset):
-    """(image (3, H, W) in [0, 1], label), optionally flipped horizontally at random (torch RNG)."""
-
-    def __init__(self, base: Dataset, hflip: bool = False, indices: list[int] | None = None):
-        self.base, self.hflip = base, hflip
-        self.indices = list(range(len(base))) if indices is None else indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        img, label = self.base[self.indices[i]]
-        if self.hflip and torch.rand(()) < 0.5:
-            img = img.flip(-1)
-        return img, label
-
-
-def _spread(labels: list[int], limit: int | None) -> list[int]:
-    """The first ``limit`` indices taken round-robin over classes (a class-balanced validation subset)."""
-    if not limit or limit >= len(labels):
-        return list(range(len(labels)))
-    by_class: dict[int, list[int]] = {}
-    for i, c in enumerate(labels):
-        by_class.setdefault(c, []).append(i)
-    order = [idx for group in zip(*by_class.values()) for idx in group]
-    return sorted(order[:limit])
-
-
-def _image_datasets(d: VARDataConfig) -> tuple[_Images, _Images | None]:
+def _image_datasets(d: VARDataConfig) -> tuple[ImageSubset, ImageSubset | None]:
     base = unpack_archive(d.archive, d.cache_dir) if d.archive else Path(".")
-    train = ImageFolderDataset(base / d.train_dir, _to_tensor, preload=d.preload)
+    train = ImageFolderDataset(base / d.train_dir, pil_to_float, preload=d.preload)
     val = None
     if d.val_dir:
-        val_base = ImageFolderDataset(base / d.val_dir, _to_tensor, classes=train.classes, preload=d.preload)
-        val = _Images(val_base, indices=_spread(val_base.targets, d.val_limit))
-    return _Images(train, d.hflip, _spread(train.targets, d.train_limit)), val
+        val_base = ImageFolderDataset(base / d.val_dir, pil_to_float, classes=train.classes, preload=d.preload)
+        val = ImageSubset(val_base, indices=balanced_indices(val_base.targets, d.val_limit))
+    return ImageSubset(train, d.hflip, balanced_indices(train.targets, d.train_limit)), val
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -294,7 +265,7 @@ class VARTask(TrainTask):
             out.append(torch.cat(self.vqvae.img_to_idx(x * 2 - 1), dim=1).to(torch.int16))
         return torch.cat(out)
 
-    def _token_cache(self, name: str, images: _Images, flip: bool) -> torch.Tensor:
+    def _token_cache(self, name: str, images: ImageSubset, flip: bool) -> torch.Tensor:
         """Tokens of a split, read from / written to ``output_dir/tokens/`` keyed by tokenizer weights and data."""
         v, d = self.cfg.vqvae, dataclasses.asdict(self.cfg.data)
         digest = hashlib.sha256(Path(v.weights).read_bytes()).hexdigest()[:16]
@@ -317,7 +288,7 @@ class VARTask(TrainTask):
         model = create_model(m.name, weights=m.weights, **m.args)
         check_pair(model, self.vqvae)
         train_images, val_images = _image_datasets(self.cfg.data)
-        plain = _Images(train_images.base, indices=train_images.indices)
+        plain = ImageSubset(train_images.base, indices=train_images.indices)
         labels = torch.tensor([train_images.base.targets[i] for i in train_images.indices])
         train = _Tokens(self._token_cache("train", plain, False), labels,
                         self._token_cache("train", plain, True) if train_images.hflip else None)
