@@ -282,12 +282,7 @@ def train(cfg: dict | RunConfig) -> Path:
     from accelerate.utils import broadcast_object_list, send_to_device, set_seed
     from timm.optim import create_optimizer_v2
 
-    from .distributed import (
-        free_gathered_params,
-        full_state_dict,
-        is_sharded,
-        unwrapped,
-    )
+    from .distributed import free_gathered_params, full_state_dict, is_sharded, unwrapped
     from .ema import ModelEma
 
     cfg = parse_config(cfg)
