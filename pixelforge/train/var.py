@@ -240,7 +240,8 @@ class VARTask(TrainTask):
     Teacher forcing on all scales: input ``idx_to_var_input(tokens)``, loss = token-mean cross-entropy (the
     official trainer's ``mean_b Σ_l CE/L``); class dropout (``cond_drop_rate``) happens inside the model in training
     mode. Evaluation: validation loss and token accuracy per scale, a class-conditional sample grid
-    (``output_dir/samples/step_XXXXXXXX.png``) and, when configured, the Fréchet distance of samples to validation images.
+    (``output_dir/samples/step_XXXXXXXX.png``) and, when configured, the Fréchet distance of samples to validation
+    images.
     """
 
     Config = VARConfig
