@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 from ..zoo import pixelforge_home
 from .image_io import IMAGE_SUFFIXES, quantize, read_image
 
-__all__ = ["ImageFolderDataset", "ImageSubset", "balanced_indices", "folder_classes", "pil_to_float", "read_archive_split",
-           "resolve_data_config", "unpack_archive"]
+__all__ = ["ImageFolderDataset", "ImageSubset", "balanced_indices", "folder_classes", "pil_to_float",
+           "read_archive_split", "resolve_data_config", "unpack_archive"]
 
 
 def folder_classes(root: str | os.PathLike) -> list[str]:
