@@ -28,7 +28,8 @@ def _main_metric(run: Path) -> str | None:
     import yaml
 
     try:
-        recipe = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("recipe")
+        saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        recipe = saved.get("recipe") or saved.get("task")  # runs of older versions name it task
         from .loop import resolve_task
 
         return resolve_task(recipe).main_metric
