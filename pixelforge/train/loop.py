@@ -323,8 +323,10 @@ def train(cfg: dict | RunConfig) -> Path:
     plain = {"scheduler": scheduler, "counter": counter}  # checkpointed with the model, optimiser and EMA
     if accelerator.scaler is not None:
         plain["scaler"] = accelerator.scaler
-    if tcfg.log_with != "none":
-        accelerator.init_trackers(tcfg.log_with, config=_flat(cfg_dict))
+    if tcfg.log_with != "none":  # TensorBoard: output_dir/tensorboard; wandb / mlflow: project pixelforge-RECIPE
+        project = "tensorboard" if tcfg.log_with == "tensorboard" else f"pixelforge-{cfg.recipe}"
+        accelerator.init_trackers(project, config=_flat(cfg_dict),
+                                  init_kwargs={"wandb": {"name": out.name}, "mlflow": {"run_name": out.name}})
 
     ckpt_root = out / "checkpoints"
     found = find_checkpoint(ckpt_root) if tcfg.resume else None
