@@ -120,3 +120,30 @@ def test_plateau_schedule_steps_on_the_validation_metric(hr_folder, tmp_path):
     run = train({**_config(tmp_path / "run", hr_folder, total_steps=3, eval_every=1, curves=False),
                  "scheduler": sched})
     assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if "eval" in line]) == 3
+
+
+def test_train_print_config_and_config_errors_on_the_command_line(hr_folder, tmp_path, capsys):
+    import yaml
+
+    from pixelforge.cli import main
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path / "run", hr_folder)))
+    assert main(["train", str(path), "train.total_steps=9", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["total_steps"] == 9 and printed["train"]["keep_checkpoints"] == 1
+    assert printed["scheduler"]["warmup_lr"] == 1e-6 and not (tmp_path / "run").exists()  # printed, not run
+    assert main(["train", str(path), "optimizer.lrr=0.1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pixelforge train: error: unknown config key 'optimizer.lrr'; did you mean 'optimizer.lr'? (valid "
+                   "keys of optimizer: name, lr, weight_decay, momentum, betas, eps, layer_decay)"]
+
+
+def test_plot_command_overlays_runs(hr_folder, tmp_path, capsys):
+    from pixelforge.cli import main
+
+    runs = [train(_config(tmp_path / name, hr_folder, total_steps=4, curves=False)) for name in ("a", "b")]
+    assert main(["plot", *map(str, runs), "-o", str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path / "nothing")]) == 1
+    assert "no metrics.jsonl" in capsys.readouterr().err

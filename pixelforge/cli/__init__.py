@@ -19,6 +19,7 @@ __all__ = ["COMMANDS", "build_parser", "command_parser", "main"]
 # A new command is one module in this package and one line here.
 COMMANDS = {
     "train": "pixelforge.cli.train:add_parser",
+    "plot": "pixelforge.cli.plot:add_parser",
     "classify": "pixelforge.cli.classify:add_parser",
     "upscale": "pixelforge.cli.upscale:add_parser",
     "dereflect": "pixelforge.cli.dereflect:add_parser",
