@@ -176,10 +176,9 @@ class _DiffusionTask(TrainTask):
                 out[f"val_loss/{self.task_names[task]}"] = float(values["val_loss"][values["task"] == task].mean())
         return out
 
-    def sample(self, model: nn.Module, folder: Path, step: int) -> Path | None:
+    def sample(self, model: nn.Module) -> torch.Tensor | None:
         """A grid of ``samples.per_row`` images per task (the base model for dit), classes cycled."""
         from ..data.grid import make_grid
-        from ..data.image_io import write_image
         from ..generative.diffscaler.pipeline import DiffScalerPipeline, make_scheduler
 
         s = self.cfg.samples
@@ -195,8 +194,7 @@ class _DiffusionTask(TrainTask):
             rows.append(pipe(class_labels=labels, task=task, batch_size=s.per_row, guidance_scale=s.guidance,
                              num_inference_steps=s.steps, generator=torch.Generator().manual_seed(s.seed),
                              output_type="pt").images.float().cpu())
-        folder.mkdir(parents=True, exist_ok=True)
-        return write_image(folder / f"step_{step:08d}.png", make_grid(torch.cat(rows), nrow=s.per_row))
+        return make_grid(torch.cat(rows), nrow=s.per_row)
 
     def _save_pipeline(self, model, folder: Path) -> None:
         from ..generative.diffscaler.pipeline import DiffScalerPipeline, make_scheduler

@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.image_io import remove_stale_temporaries
+from ..data.image_io import remove_stale_temporaries, write_image
 from ..zoo import save_weights
 from .config import RunConfig, config_to_dict, parse_config
 from .state import (
@@ -89,9 +89,9 @@ class TrainTask:
                 values.setdefault(k, []).append(v.detach().cpu())
         return self.summarize({k: torch.cat(v) for k, v in values.items()})
 
-    def sample(self, model: nn.Module, folder: Path, step: int) -> Path | None:
-        """Generators: write a sample grid of ``model`` into ``folder`` (``step_XXXXXXXX.png``) at each validation;
-        returns its path. Default: nothing."""
+    def sample(self, model: nn.Module) -> torch.Tensor | None:
+        """Generators: a sample grid of ``model`` (a plain module, on the main process), (3, H, W) in [0, 1],
+        written to ``output_dir/samples/step_XXXXXXXX.png`` at each validation. Default: None (no grid)."""
         return None
 
     def export(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> Path:
@@ -369,20 +369,21 @@ def train(cfg: dict | RunConfig) -> Path:
             return {}
         metrics = {}
         free_gathered_params(model)  # FSDP 1: evaluate the current shards, not the last gathered copy
-        with ema.applied() if ema is not None else nullcontext(model) as net, torch.inference_mode(), \
-                accelerator.autocast():
+        with ema.applied() if ema is not None else nullcontext(model) as net:
             was_training = net.training
             net.eval()
-            if _distributed_eval(task):
-                values: dict[str, list[torch.Tensor]] = {}
-                for batch in val_loader:
-                    for k, v in accelerator.gather_for_metrics(task.evaluate_batch(net, batch)).items():
-                        values.setdefault(k, []).append(v.detach().float().cpu())
-                metrics = task.summarize({k: torch.cat(v) for k, v in values.items()})
-            elif main:
-                metrics = task.evaluate(unwrapped(accelerator, net), val_loader)
-            if main:
-                task.sample(unwrapped(accelerator, net), out / "samples", counter.step)
+            with torch.inference_mode(), accelerator.autocast():
+                if _distributed_eval(task):
+                    values: dict[str, list[torch.Tensor]] = {}
+                    for batch in val_loader:
+                        for k, v in accelerator.gather_for_metrics(task.evaluate_batch(net, batch)).items():
+                            values.setdefault(k, []).append(v.detach().float().cpu())
+                    metrics = task.summarize({k: torch.cat(v) for k, v in values.items()})
+                elif main:
+                    metrics = task.evaluate(unwrapped(accelerator, net), val_loader)
+            if type(task).sample is not TrainTask.sample:  # outside inference mode: FSDP gathers the weights
+                with torch.no_grad(), accelerator.autocast():
+                    write_samples(net)
             net.train(was_training)
         metrics = broadcast_object_list([metrics])[0]
         counter.evals += 1
@@ -403,6 +404,20 @@ def train(cfg: dict | RunConfig) -> Path:
             save_checkpoint("best", {"metric": key, "value": metrics[key]})
         write_curves()
         return metrics
+
+    def write_samples(net) -> None:
+        """The task's sample grid, drawn by the main process from a plain module (under FSDP the plain copy, with
+        the gathered weights: every process takes part in the gathering, none in the sampling)."""
+        sampler = unwrapped(accelerator, net)
+        if is_sharded(accelerator):
+            state = full_state_dict(accelerator, net)
+            sampler = plain_copy
+            if main:
+                plain_copy.load_state_dict(state)
+                plain_copy.eval()  # a training-mode forward would also draw from the RNG (DiT's label dropout)
+        if main and (grid := task.sample(sampler)) is not None:
+            (out / "samples").mkdir(exist_ok=True)
+            write_image(out / "samples" / f"step_{counter.step:08d}.png", grid)
 
     def write_curves() -> None:
         if main and tcfg.curves and (out / "metrics.jsonl").is_file():

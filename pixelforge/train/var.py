@@ -340,15 +340,11 @@ class VARTask(TrainTask):
             metrics.update(self._sample_and_score(model))
         return metrics
 
-    def sample(self, model: nn.Module, folder: Path, step: int) -> Path | None:
+    def sample(self, model: nn.Module) -> torch.Tensor | None:
         """The grid of the last evaluation's samples (``grid_per_class`` per class, a row each)."""
         from ..data.grid import make_grid
-        from ..data.image_io import write_image
 
-        if self._grid is None:
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        return write_image(folder / f"step_{step:08d}.png", make_grid(self._grid[0], nrow=self._grid[1]))
+        return None if self._grid is None else make_grid(self._grid[0], nrow=self._grid[1])
 
     def _sample_and_score(self, model: nn.Module) -> dict:
         """Sample ``samples_per_class`` images of every class, keep ``grid_per_class`` of each for the sample grid;
