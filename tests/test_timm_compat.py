@@ -49,6 +49,14 @@ def test_pretrained_with_other_num_classes_resets_the_head(caplog):
     assert all(torch.equal(five.state_dict()[k], v) for k, v in body.items())  # everything else is pretrained
 
 
+def test_explicit_weights_with_other_num_classes_load_their_head(tmp_path):
+    """A classifier trained here on 3 classes loads whole, head included (it was re-initialised: random logits)."""
+    three = pixelforge.create_model("cct_2_3x2_32", num_classes=3)
+    path = save_weights(three.state_dict(), tmp_path / "three.safetensors")
+    loaded = pixelforge.create_model("cct_2_3x2_32", num_classes=3, weights=path)
+    _same(loaded, three)
+
+
 def test_half_precision_files_load_as_fp32(tmp_path):
     model = pixelforge.create_model("cfsr_x2", depths=(1,), embed_dim=8)
     path = save_weights({k: v.half() for k, v in model.state_dict().items()}, tmp_path / "half.safetensors")

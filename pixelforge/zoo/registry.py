@@ -74,7 +74,9 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
     the file is the one timm names: ``pretrained_cfg_overlay=dict(file=...)``, a ``local-dir:`` model folder
     (``model.safetensors``, ``pytorch_model.bin``...), else the variant's own file (:func:`pretrained_file`). Every
     source, ``timm.create_model(..., checkpoint_path=)`` included, goes through ``filter_fn`` (official keys). A
-    ``num_classes`` other than the pretrained one re-initialises the classifier (logged), as timm does.
+    ``num_classes`` other than the pretrained one re-initialises the classifier (logged), as timm does, when the
+    weights are the pretrained ones; an explicit ``weights`` file (e.g. a classifier trained here on 3 classes)
+    loads whole.
     """
     weights = kwargs.pop("weights", None)
     cfg = _pretrained_cfg(variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None))
@@ -83,7 +85,8 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
     features_only = kwargs.pop("features_only", False)
     feature_args = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
 
-    if weights is None and pretrained:  # found (or reported missing) before anything is built
+    from_pretrained = weights is None and pretrained
+    if from_pretrained:  # found (or reported missing) before anything is built
         weights = _pretrained_source(variant, cfg)
     model = model_cls(**{**model_args, **kwargs})
     model.pretrained_cfg = model.default_cfg = cfg  # as timm's builder does
@@ -92,7 +95,8 @@ def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: b
     if weights is not None:
         reset = ()
         pretrained_classes = cfg.get("num_classes")
-        if pretrained_classes and getattr(model, "num_classes", pretrained_classes) != pretrained_classes:
+        if (from_pretrained and pretrained_classes
+                and getattr(model, "num_classes", pretrained_classes) != pretrained_classes):
             reset = tuple(cfg["classifier"]) if isinstance(cfg.get("classifier"), (list, tuple)) else \
                 (cfg.get("classifier") or "head",)
             _logger.info(f"{variant}: num_classes {model.num_classes} differs from the pretrained "
