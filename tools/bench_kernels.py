@@ -262,14 +262,15 @@ def native_build(flags: str | None):
 def scan_cases(long_lengths: list[int]):
     """(name, b, d, n, L, groups of B/C, gate z)."""
     cases = [("Vim-tiny b=1 L=197", 1, 384, 16, 197, 1, True), ("Vim-tiny b=8 L=197", 8, 384, 16, 197, 1, True),
-             ("MambaIR 64x64 4x360 ch g4", 1, 4 * 360, 16, 64 * 64, 4, False)]
+             ("MambaIR 64x64 4x360 ch g4", 1, 4 * 360, 16, 64 * 64, 4, False),
+             ("MambaIR-light train b=16 32x32 2x120 ch g2", 16, 2 * 120, 10, 32 * 32, 2, False)]
     return cases + [(f"long b=1 L={L}", 1, 384, 16, L, 1, True) for L in long_lengths]
 
 
 def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool, cflags: list[str]) -> None:
     """Forward: every backend of the device (CPU: the PyTorch path, the native kernel as configured and as built
     with each of ``cflags``, auto; CUDA: Triton) against the sequential loop, timed in turn; forward + backward: the
-    device's training backend (CPU: PyTorch path)."""
+    device's training backends (CPU: PyTorch path and the native forward + backward)."""
     if device == "cuda":
         impls = [("op (triton)", "triton", None)]
     else:
@@ -278,7 +279,7 @@ def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool, 
             impls += [(f"op (native {os.environ.get(native.FLAGS_ENV, 'default')})", "native", None)]
             impls += [(f"op (native {flags})", "native", flags) for flags in cflags]
             impls += [("op (auto)", "auto", None)]
-    train_backend = "triton" if device == "cuda" else "torch"
+    train_backends = ["triton"] if device == "cuda" else ["torch"] + (["native"] if native_available() else [])
     header(f"selective scan on {device}, {', '.join(name for name, _, _ in impls)}", "vs torch")
     for name, b, d, n, L, groups, gate in scan_cases(long_lengths):
         inp = {k: v.to(device) if v is not None else None
@@ -321,10 +322,13 @@ def bench_scan(device: str, reps: int, long_lengths: list[int], backward: bool, 
                 return step
 
             t_s, m_s = measure(train(lambda *a: sequential_scan(*a, True)[0]), device, seq_reps)
-            with use_backend(train_backend):
-                t_o, m_o = measure(train(lambda *a: selective_scan(*a, delta_softplus=True)), device, reps)
             row(f"{name} fwd+bwd", "sequential loop (autograd)", t_s, m_s)
-            row(f"{name} fwd+bwd", f"op ({train_backend})", t_o, m_o, t_s)
+            base_t = None
+            for backend in train_backends:
+                with use_backend(backend):
+                    t_o, m_o = measure(train(lambda *a: selective_scan(*a, delta_softplus=True)), device, reps)
+                base_t = base_t or t_o  # the first (PyTorch path on CPU) is the base of the last column
+                row(f"{name} fwd+bwd", f"op ({backend})", t_o, m_o, t_s, None, base_t)
     path = native.library_path()
     choices = path.with_name(path.stem + ".auto.json") if path is not None else None
     if device == "cpu" and choices is not None and choices.is_file():
