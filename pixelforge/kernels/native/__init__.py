@@ -136,8 +136,8 @@ def _load(cc_env: str | None, flags_env: str | None) -> ctypes.CDLL | None:
         for fn in (lib.pf_selective_scan_fwd, lib.pf_selective_scan_bwd):
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
-        lib.pf_selective_scan_bwd_items.restype = ctypes.c_int64
-        lib.pf_selective_scan_bwd_items.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+        lib.pf_selective_scan_items.restype = ctypes.c_int64
+        lib.pf_selective_scan_items.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         return lib
     _log.info("pixelforge native kernels unavailable (%s); using the PyTorch path", "; ".join(errors))
     return None
@@ -224,7 +224,7 @@ def selective_scan_native_backward(u, delta, A, B, C, D, z, delta_bias, delta_so
     if not (prm[6] and prm[7]):
         raise ValueError("selective_scan native backward: B and C must be time-variant ((b, n, L) or (b, g, n, L))")
     c_prm = (ctypes.c_int64 * len(prm))(*prm)
-    items = lib.pf_selective_scan_bwd_items(c_prm)
+    items = lib.pf_selective_scan_items(c_prm)
     gout = grad_out.float().contiguous()
     glast = None if grad_last is None else grad_last.float().contiguous()
     du, ddelta, dz = (torch.empty(b, d, L) for _ in range(3))

@@ -201,14 +201,17 @@ static void *scan_items(void *arg) {
     return NULL;
 }
 
-/* Returns 0 on success, 1 on unsupported sizes (n > MAX_STATE, groups not dividing d). */
-int pf_selective_scan_fwd(const float *const *ptr, const int64_t *prm, int64_t threads) {
+/* 0 when the sizes are supported: 1 <= n <= MAX_STATE, B's and C's group counts (and their lcm) divide d. */
+static int unsupported(const int64_t *prm) {
     const int64_t d = prm[P_D], n = prm[P_N], gB = prm[P_GB], gC = prm[P_GC];
     if (n < 1 || n > MAX_STATE || gB < 1 || gC < 1 || d % gB || d % gC) return 1;
-    const int64_t g = gB / gcd64(gB, gC) * gC;
-    if (d % g) return 1;
-    const int64_t per = d / g;
-    const int64_t items = prm[P_B] * g * ((per + LANES - 1) / LANES);
+    return d % (gB / gcd64(gB, gC) * gC) != 0;
+}
+
+/* Runs work items [0, items) through fn, split evenly over up to `threads` POSIX threads (this one included; a
+ * thread that cannot start has its items run here). Returns 0 when every fn returned NULL, else 1. */
+static int run_items(void *(*fn)(void *), const float *const *ptr, const int64_t *prm, int64_t items,
+                     int64_t threads) {
     if (threads > items) threads = items;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
@@ -219,12 +222,27 @@ int pf_selective_scan_fwd(const float *const *ptr, const int64_t *prm, int64_t t
         job_t jb = {ptr, prm, items * i / threads, items * (i + 1) / threads};
         jobs[i] = jb;
     }
-    for (int64_t i = 1; i < threads; ++i) started[i] = pthread_create(&tid[i], NULL, scan_items, &jobs[i]) == 0;
-    scan_items(&jobs[0]);
+    for (int64_t i = 1; i < threads; ++i) started[i] = pthread_create(&tid[i], NULL, fn, &jobs[i]) == 0;
+    int failed = fn(&jobs[0]) != NULL;
     for (int64_t i = 1; i < threads; ++i) {
-        if (started[i]) pthread_join(tid[i], NULL);
-        else scan_items(&jobs[i]); /* a thread that could not start: its items run here */
+        void *res = NULL;
+        if (started[i]) pthread_join(tid[i], &res);
+        else res = fn(&jobs[i]);
+        failed |= res != NULL;
     }
+    return failed;
+}
+
+/* Work items per batch row: groups (lcm of B's and C's) × blocks of LANES channels per group. */
+int64_t pf_selective_scan_items(const int64_t *prm) {
+    const int64_t per = region_size(prm);
+    return (prm[P_D] / per) * ((per + LANES - 1) / LANES);
+}
+
+/* Returns 0 on success, 1 on unsupported sizes (n > MAX_STATE, groups not dividing d). */
+int pf_selective_scan_fwd(const float *const *ptr, const int64_t *prm, int64_t threads) {
+    if (unsupported(prm)) return 1;
+    run_items(scan_items, ptr, prm, prm[P_B] * pf_selective_scan_items(prm), threads);
     return 0;
 }
 
@@ -448,37 +466,9 @@ static void *scan_items_bwd(void *arg) {
     return NULL;
 }
 
-/* Work items per batch row of the dB / dC partial sums: groups (lcm of B's and C's) × channel blocks per group. */
-int64_t pf_selective_scan_bwd_items(const int64_t *prm) {
-    const int64_t per = region_size(prm);
-    return (prm[P_D] / per) * ((per + LANES - 1) / LANES);
-}
-
 /* Returns 0 on success, 1 on unsupported sizes, 2 for time-invariant B or C, 3 when out of memory. */
 int pf_selective_scan_bwd(const float *const *ptr, const int64_t *prm, int64_t threads) {
-    const int64_t d = prm[P_D], n = prm[P_N], gB = prm[P_GB], gC = prm[P_GC];
-    if (n < 1 || n > MAX_STATE || gB < 1 || gC < 1 || d % gB || d % gC) return 1;
+    if (unsupported(prm)) return 1;
     if (!prm[P_BVAR] || !prm[P_CVAR]) return 2;
-    const int64_t g = gB / gcd64(gB, gC) * gC;
-    if (d % g) return 1;
-    const int64_t items = prm[P_B] * pf_selective_scan_bwd_items(prm);
-    if (threads > items) threads = items;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads < 1) threads = 1;
-    job_t jobs[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    void *res[MAX_THREADS] = {0};
-    for (int64_t i = 0; i < threads; ++i) {
-        job_t jb = {ptr, prm, items * i / threads, items * (i + 1) / threads};
-        jobs[i] = jb;
-    }
-    for (int64_t i = 1; i < threads; ++i) started[i] = pthread_create(&tid[i], NULL, scan_items_bwd, &jobs[i]) == 0;
-    int status = scan_items_bwd(&jobs[0]) ? 3 : 0;
-    for (int64_t i = 1; i < threads; ++i) {
-        if (started[i]) pthread_join(tid[i], &res[i]);
-        else res[i] = scan_items_bwd(&jobs[i]);
-        if (res[i]) status = 3;
-    }
-    return status;
+    return run_items(scan_items_bwd, ptr, prm, prm[P_B] * pf_selective_scan_items(prm), threads) ? 3 : 0;
 }
