@@ -11,7 +11,8 @@ import pixelforge
 import pixelforge.infer.tiling
 from pixelforge.cli import main
 from pixelforge.data.image_io import ImageData, read_image, write_image
-from pixelforge.infer.runner import lanczos_resize, process_image
+from pixelforge.data.resize import lanczos_resize
+from pixelforge.infer.runner import process_image
 from pixelforge.infer.tiling import MAX_AUTO_TILE, MIN_TILE, auto_tile, run_tiled
 from test_upscale_cli import tiny_weights
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["imresize"]
+__all__ = ["imresize", "lanczos_resize"]
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:
@@ -55,3 +55,13 @@ def imresize(img: torch.Tensor, scale: float) -> torch.Tensor:
     mw = _resize_matrix(w, out_w, scale).to(work)
     out = mh @ img.to(work) @ mw.T
     return out.to(img.dtype)
+
+
+def lanczos_resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float → (C, *size) with Pillow's Lanczos (a = 3) on float32 planes (no 8-bit rounding)."""
+    import numpy as np
+    from PIL import Image
+
+    planes = [Image.fromarray(c.float().cpu().numpy()).resize(size[::-1], Image.Resampling.LANCZOS)
+              for c in img]
+    return torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32).copy()) for p in planes])

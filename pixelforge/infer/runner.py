@@ -9,19 +9,19 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.image_io import LUMA_BT601, ImageData
+from ..data.resize import lanczos_resize
 from ..zoo import CheckpointError, create_model, read_checkpoint, stored_training_config
 from .onnx_backend import OnnxRuntimeModel
 from .precision import PrecisionChoice, prepare_model, probe_input
 from .tiling import MIN_TILE, run_tiled
 
 __all__ = ["RunnerError", "identify_checkpoint", "load_model", "load_runner", "model_channels", "model_name",
-           "process_image", "lanczos_resize", "one_line"]
+           "process_image", "one_line"]
 
 
 class RunnerError(Exception):
@@ -206,15 +206,6 @@ def _retrying(run, tile: int | None, hw) -> tuple[torch.Tensor, int | None]:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             tile = smaller
-
-
-def lanczos_resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(C, H, W) float → (C, *size) with Pillow's Lanczos (a = 3) on float32 planes (no 8-bit rounding)."""
-    from PIL import Image
-
-    planes = [Image.fromarray(c.float().cpu().numpy()).resize(size[::-1], Image.Resampling.LANCZOS)
-              for c in img]
-    return torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32).copy()) for p in planes])
 
 
 def one_line(exc: BaseException) -> str:
