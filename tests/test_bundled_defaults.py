@@ -1,8 +1,9 @@
 """Every command runs without --weights once its bundled file is installed (a one-file drop into
 $PIXELFORGE_HOME/weights or the package's weights folder), and says which file and which config when it is not.
 
-The trained files themselves are not in the repository yet: these tests drop small random-weight files of the same
-models (same names, same metadata as `pixelforge train` writes) into a temporary $PIXELFORGE_HOME.
+These tests hide the package's files and drop small random-weight files of the same models (same names, same
+metadata as `pixelforge train` writes) into a temporary $PIXELFORGE_HOME; tests/test_generators_bundled.py and
+tests/test_dereflect_bundled.py run the real bundled files.
 """
 import json
 

@@ -29,7 +29,7 @@ from pixelforge.zoo import save_weights  # noqa: E402
 
 CHROMIUM = os.environ.get("PIXELFORGE_CHROMIUM", "/usr/bin/chromium")
 LR = DATA / "sr-bench" / "Set5" / "x4" / "img_001_SRF_4_LR.png"  # 128x128
-# a small VAR and tokenizer with random weights (no VAR weights are bundled yet): the page's path, not the quality
+# a small VAR and tokenizer with random weights: the page's path, not the quality
 SMALL_VAR = {"depth": 1, "embed_dim": 64, "num_heads": 2, "patch_nums": [1, 2, 4, 8], "vocab_size": 64}
 
 
@@ -117,9 +117,13 @@ def _post(url, data):
     return status, json.loads(body)
 
 
-def test_generate_weights_rules(server, tmp_path):
+def test_generate_weights_rules(server, tmp_path, monkeypatch):
     """Without weights the page says what to do; a weights file may not point the server at its own files."""
     base, state = server
+    import pixelforge.zoo.weights
+
+    (tmp_path / "no-package-weights").mkdir()  # as if var_d6_32's bundled file were not installed
+    monkeypatch.setattr(pixelforge.zoo.weights, "PACKAGE_WEIGHTS", tmp_path / "no-package-weights")
     token = json.loads(_request(f"{base}/api/visit", "POST")[1])["visit"]
     var = pixelforge.create_model("var_d6_32", **SMALL_VAR)
     cfg = {"model": {"name": "var_d6_32", "args": SMALL_VAR}, "vqvae": {"name": "var_vqvae_f4_32",
