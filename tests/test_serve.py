@@ -122,6 +122,7 @@ def test_generate_weights_rules(server, tmp_path, monkeypatch):
     base, state = server
     import pixelforge.zoo.weights
 
+    state.catalog.result(timeout=120)  # the page's model list is built with the real package folder
     (tmp_path / "no-package-weights").mkdir()  # as if var_d6_32's bundled file were not installed
     monkeypatch.setattr(pixelforge.zoo.weights, "PACKAGE_WEIGHTS", tmp_path / "no-package-weights")
     token = json.loads(_request(f"{base}/api/visit", "POST")[1])["visit"]
