@@ -3,13 +3,12 @@ with no weights argument, and what they generate: the bundled CIFAR-10 classifie
 classes far more often than chance (random weights of the same models score at chance)."""
 import pytest
 import torch
+from conftest import DATA
 
 import pixelforge
 from pixelforge.cli import main
 from pixelforge.data.image_io import read_image
 from pixelforge.generative.generate import GenerateOptions, generate
-
-from conftest import DATA
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     if args.only in (None, "dit"):
         dit = dict(model="dit_tiny_4", weights=args.dit, steps=args.steps, batch_size=250, **common)
         animals = {"dir": "cifar10/test", "classes": ANIMALS}
-        to_cifar = lambda names: [CIFAR10.index(c) for c in names]  # noqa: E731
+        to_cifar = lambda names: [CIFAR10.index(c) for c in names]
         row("dit_tiny_4 base (animals)", GenerateOptions(classes=list(range(6)), guidance=args.guidance, **dit),
             animals, to_cifar(ANIMALS))
         row("  task vehicles", GenerateOptions(task="vehicles", classes=list(range(4)), guidance=args.guidance, **dit),
