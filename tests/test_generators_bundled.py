@@ -1,6 +1,7 @@
 """The bundled CIFAR-10 generators (trained by pixelforge: pixelforge/zoo/weights/README.md) as a new user runs them,
-with no weights argument, and what they generate: the bundled CIFAR-10 classifier must recognise the requested
-classes far more often than chance (random weights of the same models score at chance)."""
+with no weights argument, and what they generate, judged by the bundled CIFAR-10 classifier: the VAR's samples must
+lie far closer to CIFAR-10 test images than noise does (its features' Fréchet distance), the DiT's vehicles task
+must draw vehicles where the base model draws animals."""
 import pytest
 import torch
 from conftest import DATA

@@ -78,14 +78,15 @@ def main(argv=None) -> int:
     extractor = classifier_extractor("cct_2_3x2_32").eval()
     classifier = extractor.net  # its logits: the same bundled classifier (32x32 inputs, no resizing)
 
+    generated: dict[int, tuple] = {}  # one generation per options object (the base rows share theirs)
+
     def row(name, options, real_spec, classes_to_cifar=None):
         t0 = time.time()
-        per = args.n // len(options.classes) if options.classes else args.n
-        options.n = per
-        fake, labels, _ = generate(options)
-        wanted = None
-        if classes_to_cifar is not None:
-            wanted = [classes_to_cifar[c] for c in labels]
+        if id(options) not in generated:
+            options.n = args.n // len(options.classes) if options.classes else args.n
+            generated[id(options)] = generate(options)[:2]
+        fake, labels = generated[id(options)]
+        wanted = None if classes_to_cifar is None else [classes_to_cifar[c] for c in labels]
         res = score(extractor, classifier, fake, real_images(real_spec, len(fake)), wanted)
         print(f"{name:40s} n={len(fake):5d}  FD {res['fd']:8.2f}  agreement "
               f"{res.get('agreement', float('nan')) * 100:5.1f} %  ({time.time() - t0:.0f} s)", flush=True)
@@ -100,11 +101,10 @@ def main(argv=None) -> int:
         dit = dict(model="dit_tiny_4", weights=args.dit, steps=args.steps, batch_size=250, **common)
         animals = {"dir": "cifar10/test", "classes": ANIMALS}
         to_cifar = lambda names: [CIFAR10.index(c) for c in names]
-        row("dit_tiny_4 base (animals)", GenerateOptions(classes=list(range(6)), guidance=args.guidance, **dit),
-            animals, to_cifar(ANIMALS))
+        base = GenerateOptions(classes=list(range(6)), guidance=args.guidance, **dit)
+        row("dit_tiny_4 base (animals)", base, animals, to_cifar(ANIMALS))
         row("  task vehicles", GenerateOptions(task="vehicles", classes=list(range(4)), guidance=args.guidance, **dit),
             {"dir": "cifar10/test", "classes": VEHICLES}, to_cifar(VEHICLES))
-        base = GenerateOptions(classes=list(range(6)), guidance=args.guidance, **dit)
         row("  base model (no adapter) vs vehicles", base, {"dir": "cifar10/test", "classes": VEHICLES})
         row("  task textures", GenerateOptions(task="textures", **dit), TEXTURES)
         row("  base model (no adapter) vs textures", base, TEXTURES)
